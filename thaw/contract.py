@@ -1,0 +1,207 @@
+"""The pod <-> webhook <-> agent <-> sidecar contract.
+
+Every name that crosses a process or component boundary is spelled here and
+only here: labels, annotations, env vars, container and volume names, control
+files, the Snapshot CRD coordinates and the artifact manifest schema. The
+webhook, the agent and the sidecar all import this module, so they cannot
+drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+from typing import Final
+
+DOMAIN: Final = "thaw.dev"
+
+# --- Opt-in and user-facing annotations ------------------------------------
+LABEL_ENABLED: Final = f"{DOMAIN}/enabled"
+LABEL_ENABLED_VALUE: Final = "true"
+
+ANNOTATION_CONTAINER: Final = f"{DOMAIN}/container"  # target container; default: first
+ANNOTATION_MODE: Final = f"{DOMAIN}/mode"  # see Mode
+
+# Written by the webhook (never by users).
+ANNOTATION_INJECTED: Final = f"{DOMAIN}/injected"  # see InjectedMode
+ANNOTATION_SNAPSHOT_KEY: Final = f"{DOMAIN}/snapshot-key"
+ANNOTATION_SNAPSHOT: Final = f"{DOMAIN}/snapshot"  # restore mode: snapshot name
+
+
+class Mode(str, enum.Enum):
+    """Value of the ``thaw.dev/mode`` annotation."""
+
+    AUTO = "auto"
+    CHECKPOINT = "checkpoint"
+    RESTORE = "restore"
+    OFF = "off"
+
+
+class InjectedMode(str, enum.Enum):
+    """Value of the ``thaw.dev/injected`` annotation and of ``THAW_MODE``."""
+
+    CHECKPOINT = "checkpoint"
+    RESTORE = "restore"
+
+
+# --- Control volume, env and signal files ----------------------------------
+CONTROL_VOLUME: Final = "thaw-control"
+CONTROL_DIR: Final = "/var/run/thaw"
+
+ENV_CONTROL_DIR: Final = "THAW_CONTROL_DIR"
+ENV_MODE: Final = "THAW_MODE"
+ENV_SNAPSHOT_KEY: Final = "THAW_SNAPSHOT_KEY"
+ENV_SNAPSHOT: Final = "THAW_SNAPSHOT"  # restore mode: snapshot name
+ENV_RESTORE_TIMEOUT: Final = "THAW_RESTORE_TIMEOUT"  # seconds before cold start
+
+
+class Signal(str, enum.Enum):
+    """Files in the control directory; each one is a one-way message.
+
+    ready-for-checkpoint  worker/sidecar -> agent: warm and quiesced, dump me
+    checkpoint-complete   agent -> worker: snapshot published (or failed), resume
+    restore-requested     restore init step -> agent: restore into this pod
+    restore-complete      agent -> placeholder: restored, JSON {"pid": N, ...}
+    restore-failed        agent -> placeholder: reason text; cold start
+    """
+
+    READY_FOR_CHECKPOINT = "ready-for-checkpoint"
+    CHECKPOINT_COMPLETE = "checkpoint-complete"
+    RESTORE_REQUESTED = "restore-requested"
+    RESTORE_COMPLETE = "restore-complete"
+    RESTORE_FAILED = "restore-failed"
+
+
+# --- Injected containers ----------------------------------------------------
+SIDECAR_CONTAINER: Final = "thaw-sidecar"
+RESTORE_CONTAINER: Final = "thaw-restore"
+
+# --- Snapshot custom resource ----------------------------------------------
+CRD_GROUP: Final = DOMAIN
+CRD_VERSION: Final = "v1alpha1"
+CRD_KIND: Final = "Snapshot"
+CRD_PLURAL: Final = "snapshots"
+CRD_NAME: Final = f"{CRD_PLURAL}.{CRD_GROUP}"
+CRD_API_VERSION: Final = f"{CRD_GROUP}/{CRD_VERSION}"
+
+
+class Phase(str, enum.Enum):
+    """``status.phase`` of a Snapshot; only Ready snapshots are restored."""
+
+    PENDING = "Pending"
+    CHECKPOINTING = "Checkpointing"
+    READY = "Ready"
+    FAILED = "Failed"
+
+
+# --- Artifact store layout and manifest ------------------------------------
+MANIFEST_FILE: Final = "manifest.json"
+MANIFEST_SIGNATURE_FILE: Final = "manifest.sig"
+MANIFEST_SCHEMA_VERSION: Final = 1
+STORE_STAGING_DIR: Final = ".staging"  # snapshots are built here, then renamed
+CRIU_IMAGES_DIR: Final = "criu"  # CRIU image files inside a snapshot folder
+ROOTFS_DIFF_FILE: Final = "rootfs-diff.tar"  # container's overlay upper dir
+
+
+class ManifestError(ValueError):
+    """A manifest that is missing, malformed or of an unknown schema version."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FileEntry:
+    """One file of a snapshot, relative to the snapshot folder."""
+
+    path: str
+    size: int
+    sha256: str
+
+
+@dataclasses.dataclass(frozen=True)
+class GpuInfo:
+    """What a GPU snapshot was taken on; a restore needs a compatible match."""
+
+    model: str
+    uuid: str
+    driver_version: str
+    cuda_version: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """Where the checkpointed process lived."""
+
+    namespace: str = ""
+    pod: str = ""
+    container: str = ""
+    node: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    """``manifest.json`` at the root of every published snapshot folder.
+
+    ``files`` lists every other file of the snapshot with its sha256, so the
+    manifest (and its signature) vouches for the whole artifact.
+    """
+
+    name: str
+    key: str
+    created: str  # RFC 3339, UTC
+    image: str
+    kernel: str
+    arch: str
+    criu_version: str
+    root_pid: int
+    source: Source = Source()
+    gpus: tuple[GpuInfo, ...] = ()
+    files: tuple[FileEntry, ...] = ()
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    schema_version: int = MANIFEST_SCHEMA_VERSION
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Manifest:
+        try:
+            raw = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ManifestError(f"manifest is not valid JSON: {e}") from None
+        if not isinstance(raw, dict):
+            raise ManifestError("manifest must be a JSON object")
+        version = raw.get("schema_version")
+        if version != MANIFEST_SCHEMA_VERSION:
+            raise ManifestError(
+                f"unsupported manifest schema_version {version!r} "
+                f"(this thaw reads {MANIFEST_SCHEMA_VERSION})"
+            )
+        try:
+            return cls(
+                name=_typed(raw, "name", str),
+                key=_typed(raw, "key", str),
+                created=_typed(raw, "created", str),
+                image=_typed(raw, "image", str),
+                kernel=_typed(raw, "kernel", str),
+                arch=_typed(raw, "arch", str),
+                criu_version=_typed(raw, "criu_version", str),
+                root_pid=_typed(raw, "root_pid", int),
+                source=Source(**_typed(raw, "source", dict)),
+                gpus=tuple(GpuInfo(**g) for g in _typed(raw, "gpus", list)),
+                files=tuple(FileEntry(**f) for f in _typed(raw, "files", list)),
+                timings=_typed(raw, "timings", dict),
+                schema_version=version,
+            )
+        except TypeError as e:
+            raise ManifestError(f"manifest has a malformed field: {e}") from None
+
+
+def _typed(raw: dict, field: str, kind: type):
+    value = raw.get(field)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ManifestError(f"manifest field {field!r} must be {kind.__name__}, got {value!r}")
+    return value
