@@ -24,7 +24,9 @@ PARTS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="thaw", description="thaw: restore warm GPU inference workers from snapshots.")
+    parser = argparse.ArgumentParser(
+        prog="thaw", description="thaw: restore warm GPU inference workers from snapshots."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in PARTS:

@@ -29,7 +29,7 @@ ANNOTATION_SNAPSHOT_KEY: Final = f"{DOMAIN}/snapshot-key"
 ANNOTATION_SNAPSHOT: Final = f"{DOMAIN}/snapshot"  # restore mode: snapshot name
 
 
-class Mode(str, enum.Enum):
+class Mode(enum.StrEnum):
     """Value of the ``thaw.dev/mode`` annotation."""
 
     AUTO = "auto"
@@ -38,7 +38,7 @@ class Mode(str, enum.Enum):
     OFF = "off"
 
 
-class InjectedMode(str, enum.Enum):
+class InjectedMode(enum.StrEnum):
     """Value of the ``thaw.dev/injected`` annotation and of ``THAW_MODE``."""
 
     CHECKPOINT = "checkpoint"
@@ -56,7 +56,7 @@ ENV_SNAPSHOT: Final = "THAW_SNAPSHOT"  # restore mode: snapshot name
 ENV_RESTORE_TIMEOUT: Final = "THAW_RESTORE_TIMEOUT"  # seconds before cold start
 
 
-class Signal(str, enum.Enum):
+class Signal(enum.StrEnum):
     """Files in the control directory; each one is a one-way message.
 
     ready-for-checkpoint  worker/sidecar -> agent: warm and quiesced, dump me
@@ -77,6 +77,17 @@ class Signal(str, enum.Enum):
 SIDECAR_CONTAINER: Final = "thaw-sidecar"
 RESTORE_CONTAINER: Final = "thaw-restore"
 
+# Commands the injected containers run (in the thaw image).
+SIDECAR_ARGV: Final = ("thaw", "sidecar", "run")
+RESTORE_INIT_ARGV: Final = ("thaw", "sidecar", "restore-init")
+SIDECAR_PORT: Final = 9464  # sidecar HTTP: /readyz, /metrics
+SIDECAR_READY_PATH: Final = "/readyz"
+
+# Artifact store as seen from pods (restore init step prefetches from it) and the agent.
+STORE_VOLUME: Final = "thaw-store"
+STORE_MOUNT_PATH: Final = "/var/lib/thaw/snapshots"
+ENV_STORE_DIR: Final = "THAW_STORE_DIR"
+
 # --- Snapshot custom resource ----------------------------------------------
 CRD_GROUP: Final = DOMAIN
 CRD_VERSION: Final = "v1alpha1"
@@ -86,7 +97,7 @@ CRD_NAME: Final = f"{CRD_PLURAL}.{CRD_GROUP}"
 CRD_API_VERSION: Final = f"{CRD_GROUP}/{CRD_VERSION}"
 
 
-class Phase(str, enum.Enum):
+class Phase(enum.StrEnum):
     """``status.phase`` of a Snapshot; only Ready snapshots are restored."""
 
     PENDING = "Pending"
@@ -94,6 +105,17 @@ class Phase(str, enum.Enum):
     READY = "Ready"
     FAILED = "Failed"
 
+
+# Snapshot object fields (camelCase, as in the CRD schema in the chart).
+SPEC_KEY: Final = "key"  # the snapshot key the webhook computed
+SPEC_ARTIFACT: Final = "artifact"  # folder name of the snapshot in the store
+SPEC_IMAGE: Final = "image"
+SPEC_SOURCE_POD: Final = "sourcePod"
+STATUS_PHASE: Final = "phase"
+STATUS_NODE: Final = "node"
+STATUS_SIZE_BYTES: Final = "sizeBytes"
+STATUS_MESSAGE: Final = "message"
+LABEL_SNAPSHOT_KEY: Final = f"{DOMAIN}/snapshot-key"  # on Snapshot objects, for selectors
 
 # --- Artifact store layout and manifest ------------------------------------
 MANIFEST_FILE: Final = "manifest.json"

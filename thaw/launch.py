@@ -43,18 +43,19 @@ done
 
 _PLACEHOLDER = f"""\
 d="${{{ENV_CONTROL_DIR}:-{CONTROL_DIR}}}"
+done_f="$d/{Signal.RESTORE_COMPLETE.value}"; fail_f="$d/{Signal.RESTORE_FAILED.value}"
 trap 'woken=1' USR1
 sleep "${{{ENV_RESTORE_TIMEOUT}:-{DEFAULT_RESTORE_TIMEOUT_S}}}" & timer=$!
-while [ ! -e "$d/{Signal.RESTORE_COMPLETE.value}" ] && [ ! -e "$d/{Signal.RESTORE_FAILED.value}" ]; do
+while [ ! -e "$done_f" ] && [ ! -e "$fail_f" ]; do
   kill -0 "$timer" 2>/dev/null || break
   wait "$timer"
 done
 kill "$timer" 2>/dev/null
-if [ -e "$d/{Signal.RESTORE_FAILED.value}" ] || [ ! -e "$d/{Signal.RESTORE_COMPLETE.value}" ]; then
+if [ -e "$fail_f" ] || [ ! -e "$done_f" ]; then
   echo "thaw: restore did not complete; cold start" >&2
   exec "$@"
 fi
-pid=$(sed -n 's/.*"pid": *\\([0-9][0-9]*\\).*/\\1/p' "$d/{Signal.RESTORE_COMPLETE.value}")
+pid=$(sed -n 's/.*"pid": *\\([0-9][0-9]*\\).*/\\1/p' "$done_f")
 echo "thaw: restored worker pid $pid" >&2
 trap 'kill -TERM "$pid" 2>/dev/null' TERM INT
 alive() {{  # a reparented worker that exited stays a zombie: treat Z/X as gone
@@ -81,7 +82,7 @@ def original_argv(command: Sequence[str]) -> list[str] | None:
 
     Lets the mutation stay idempotent and lets ``thaw inject`` unwrap.
     """
-    if len(command) >= 4 and command[0] == SHELL and command[1] == "-c":
-        if command[3] in (WRAPPER_ARGV0, PLACEHOLDER_ARGV0):
-            return list(command[4:])
+    wrapped = len(command) >= 4 and command[0] == SHELL and command[1] == "-c"
+    if wrapped and command[3] in (WRAPPER_ARGV0, PLACEHOLDER_ARGV0):
+        return list(command[4:])
     return None
