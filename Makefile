@@ -28,11 +28,12 @@ unit: install
 
 e2e: install
 	scripts/build-kube.sh
-	$(BIN)/python -m pytest -q -m apiserver tests
+	THAW_REQUIRE_E2E=1 $(BIN)/python -m pytest -q -m apiserver tests
 
 e2e-node: install
 	scripts/build-kube.sh
-	$(BIN)/python -m pytest -q -m node tests
+	scripts/node/install.sh >/dev/null
+	THAW_REQUIRE_NODE=1 $(BIN)/python -m pytest -q -m node tests
 
 test: lint unit e2e e2e-node
 
@@ -41,6 +42,7 @@ demo: install
 
 bench: install
 	$(BIN)/python bench/webhook_latency.py
+	$(BIN)/python bench/agent_restore.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

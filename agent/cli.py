@@ -1,9 +1,204 @@
-"""Subcommands of the `thaw` CLI owned by `agent/`."""
+"""``thaw snapshot ...`` (low-level, one JSON object out) and ``thaw agent ...`` (the daemon)."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add this part's subcommands (none yet)."""
+    snap = sub.add_parser("snapshot", help="checkpoint/restore/verify snapshots (needs root)")
+    ssub = snap.add_subparsers(dest="snapshot_command", required=True, metavar="ACTION")
+
+    p = ssub.add_parser("checkpoint", help="dump the process tree rooted at PID into a store")
+    p.add_argument("--pid", type=int, required=True, help="root of the tree (host pid)")
+    p.add_argument("--out", required=True, help="store dir; the snapshot goes to OUT/<name>")
+    p.add_argument("--leave-running", action="store_true", help="keep the tree running")
+    p.add_argument("--key", default="", help="snapshot key (default: pid-PID)")
+    p.add_argument("--name", default=None, help="snapshot name (default: derived from key)")
+    p.add_argument("--image", default="", help="image of the container, for the manifest")
+    p.set_defaults(func=cmd_checkpoint)
+
+    p = ssub.add_parser("restore", help="verify, then restore a snapshot folder")
+    p.add_argument("dir", help="the snapshot folder (STORE/<name>)")
+    p.add_argument("--into", type=int, default=None, help="placeholder pid whose namespaces to use")
+    p.set_defaults(func=cmd_restore)
+
+    p = ssub.add_parser("verify", help="check manifest, files, checksums and compatibility")
+    p.add_argument("dir")
+    p.add_argument("--no-compat", action="store_true", help="skip the kernel/arch/CRIU check")
+    p.set_defaults(func=cmd_verify)
+
+    p = ssub.add_parser("list", help="list the snapshots of a store")
+    p.add_argument("store")
+    p.set_defaults(func=cmd_list)
+
+    p = ssub.add_parser("inspect", help="print a snapshot's manifest")
+    p.add_argument("dir")
+    p.set_defaults(func=cmd_inspect)
+
+    p = ssub.add_parser("delete", help="delete a snapshot from a store")
+    p.add_argument("store")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_delete)
+
+    agent = sub.add_parser("agent", help="the node agent")
+    asub = agent.add_subparsers(dest="agent_command", required=True, metavar="ACTION")
+    p = asub.add_parser("run", help="serve checkpoint/restore requests of the pods on a node")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--node", help="node name: watch its pods through the Kubernetes API")
+    where.add_argument("--local", metavar="DIR", help="serve DIR/<pod>/ folders, no API server")
+    p.add_argument("--store", help="artifact store dir (default: DIR/store with --local)")
+    p.add_argument("--kubeconfig", default=None, help="default: in-cluster, then ~/.kube/config")
+    p.add_argument("--dump-workers", type=int, default=2)
+    p.add_argument("--restore-workers", type=int, default=4)
+    p.set_defaults(func=cmd_agent_run)
+    p = asub.add_parser("doctor", help="check that CRIU >= 4 is installed and works here")
+    p.set_defaults(func=cmd_doctor)
+
+
+def _emit(obj: dict) -> None:
+    print(json.dumps(obj, sort_keys=True))
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"thaw: {message}", file=sys.stderr)
+    return code
+
+
+def cmd_checkpoint(args: argparse.Namespace) -> int:
+    from agent.checkpoint import CheckpointError, checkpoint
+    from agent.criu import CriuMissing
+    from agent.store import Store, StoreError
+
+    try:
+        result = checkpoint(
+            args.pid,
+            Store(args.out),
+            key=args.key,
+            name=args.name,
+            leave_running=args.leave_running,
+            image=args.image,
+        )
+    except (CheckpointError, CriuMissing, StoreError) as e:
+        return _fail(str(e))
+    _emit(result.summary())
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from agent.criu import CriuMissing
+    from agent.restore import RestoreError, restore
+
+    try:
+        result = restore(Path(args.dir), into=args.into)
+    except (RestoreError, CriuMissing) as e:
+        return _fail(str(e))
+    _emit(result.summary())
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from agent import criu
+    from agent.store import SnapshotInvalid, verify
+
+    version = None
+    if not args.no_compat:
+        try:
+            version = criu.version(criu.find())
+        except criu.CriuMissing as e:
+            return _fail(f"cannot check compatibility: {e} (use --no-compat)")
+    try:
+        m = verify(Path(args.dir), version, check_compat=not args.no_compat)
+    except SnapshotInvalid as e:
+        return _fail(str(e))
+    _emit({"ok": True, "name": m.name, "files": len(m.files), "bytes": m.total_bytes})
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from agent.store import Store
+
+    rows = []
+    for name, m, problem in Store(args.store).list():
+        if m is None:
+            rows.append({"name": name, "error": problem})
+        else:
+            rows.append({"name": name, "key": m.key, "created": m.created, "bytes": m.total_bytes})
+    _emit({"snapshots": rows})
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from thaw.contract import MANIFEST_FILE, Manifest, ManifestError
+
+    try:
+        m = Manifest.from_json((Path(args.dir) / MANIFEST_FILE).read_bytes())
+    except (OSError, ManifestError) as e:
+        return _fail(f"{args.dir}: {e}")
+    print(m.to_json(), end="")
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    from agent.store import Store, StoreError
+
+    try:
+        Store(args.store).delete(args.name)
+    except StoreError as e:
+        return _fail(str(e))
+    _emit({"deleted": args.name})
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from agent import criu
+
+    try:
+        spec, version = criu.require(check_kernel=True)
+    except criu.CriuMissing as e:
+        return _fail(str(e))
+    import pycriu  # noqa: F401  (the agent drives CRIU through it)
+
+    _emit({"ok": True, "criu": version, "binary": spec.binary, "loader": spec.loader})
+    return 0
+
+
+def cmd_agent_run(args: argparse.Namespace) -> int:
+    from agent.criu import CriuMissing
+    from agent.daemon import Agent, run_forever
+    from agent.store import Store
+
+    if args.local:
+        from agent.local import LocalPods, LocalSink
+
+        root = Path(args.local)
+        source, sink = LocalPods(root), LocalSink(root)
+        store = Store(args.store or root / "store")
+        node = "local"
+    else:
+        if not args.store:
+            return _fail("--store is required with --node")
+        from agent.kube import KubePods, KubeSink, load_api_client
+
+        api = load_api_client(args.kubeconfig)
+        source, sink = KubePods(api, args.node), KubeSink(api, args.node)
+        store = Store(args.store)
+        node = args.node
+    try:
+        agent = Agent(
+            source,
+            sink,
+            store,
+            node=node,
+            dump_workers=args.dump_workers,
+            restore_workers=args.restore_workers,
+        )
+    except CriuMissing as e:
+        return _fail(str(e))
+    return run_forever(agent)

@@ -1,3 +1,108 @@
 #!/usr/bin/env bash
-# Placeholder until the agent issue lands: CRIU >= 4 from Debian trixie into $THAW_CACHE.
-exit 0
+# Install CRIU >= 4 and pycriu for thaw, idempotently, into $THAW_CACHE (keyed by version).
+#
+# Debian 12's criu (3.17) fails on current kernels, so we take criu 4.1.1 and its libraries
+# (including the newer glibc it is built against) from Debian trixie with apt, using a
+# PRIVATE sources list and lists dir: the system's apt configuration is never touched.
+# The packages are only unpacked (dpkg -x), never installed; the binary runs through the
+# unpacked trixie loader. Results:
+#   $THAW_CACHE/criu-4.1.1/bin/criu    wrapper script (what `criu` means for thaw)
+#   $THAW_CACHE/criu-4.1.1/criu.json   loader, library path and binary (the agent execs
+#                                      these directly when it runs criu inside a container)
+#   VENV/bin/criu                      symlink to the wrapper
+#   VENV/.../site-packages/thaw-pycriu.pth  makes the unpacked `pycriu` importable
+# A system CRIU >= 4 on PATH is used instead of the trixie binary when present.
+set -euo pipefail
+
+VENV=${1:?usage: install-criu.sh VENV}
+VERSION=4.1.1
+SUITE=trixie
+THAW_CACHE=${THAW_CACHE:-$HOME/.cache/thaw}
+DEST=$THAW_CACHE/criu-$VERSION
+ROOT=$DEST/root
+PKGS=(criu python3-pycriu)
+
+log() { echo "install-criu: $*" >&2; }
+
+site_packages() {
+    "$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'
+}
+
+link_into_venv() {
+    ln -sfn "$DEST/bin/criu" "$VENV/bin/criu"
+    echo "$ROOT/usr/lib/python3/dist-packages" >"$(site_packages)/thaw-pycriu.pth"
+}
+
+if [[ -f $DEST/.complete ]]; then
+    link_into_venv
+    exit 0
+fi
+
+command -v apt-get >/dev/null || { log "apt-get is required to fetch CRIU from Debian"; exit 1; }
+command -v dpkg >/dev/null || { log "dpkg is required to unpack CRIU"; exit 1; }
+
+APT=$DEST/apt
+mkdir -p "$APT/lists/partial" "$APT/archives/partial" "$APT/debs"
+KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
+MIRROR=${THAW_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+echo "deb [signed-by=$KEYRING] $MIRROR $SUITE main" >"$APT/sources.list"
+APT_OPTS=(
+    -o "Dir::Etc::SourceList=$APT/sources.list" -o Dir::Etc::SourceParts=/dev/null
+    -o "Dir::State::Lists=$APT/lists" -o "Dir::Cache=$APT" -o "Dir::Cache::Archives=$APT/archives"
+    -o "Dir::Cache::pkgcache=$APT/pkgcache.bin" -o "Dir::Cache::srcpkgcache=$APT/srcpkgcache.bin"
+    -o Dir::State::status=/dev/null -o APT::Architecture=amd64 -o APT::Sandbox::User=root
+    -o Debug::NoLocking=1 -q
+)
+log "fetching the $SUITE package index (private apt lists)"
+apt-get "${APT_OPTS[@]}" update >&2
+
+# criu's whole runtime closure (status=/dev/null: apt assumes nothing is installed, so the
+# trixie glibc and every library come along and the binary never mixes with the host's).
+mapfile -t DEPS < <(apt-cache "${APT_OPTS[@]}" depends --recurse --no-recommends --no-suggests \
+    --no-conflicts --no-breaks --no-replaces --no-enhances criu | grep -v '^[ <]' | sort -u)
+log "downloading: ${DEPS[*]} python3-pycriu"
+(cd "$APT/debs" && rm -f ./*.deb && apt-get "${APT_OPTS[@]}" download "${DEPS[@]}" python3-pycriu >&2)
+
+rm -rf "$ROOT.tmp" && mkdir -p "$ROOT.tmp"
+for deb in "$APT/debs"/*.deb; do dpkg -x "$deb" "$ROOT.tmp"; done
+rm -rf "$ROOT" && mv "$ROOT.tmp" "$ROOT"
+
+LOADER=$ROOT/usr/lib64/ld-linux-x86-64.so.2
+[[ -x $LOADER ]] || LOADER=$ROOT/lib64/ld-linux-x86-64.so.2
+LIBPATH=$ROOT/usr/lib/x86_64-linux-gnu
+[[ -d $ROOT/lib/x86_64-linux-gnu ]] && LIBPATH=$LIBPATH:$ROOT/lib/x86_64-linux-gnu
+BINARY=$ROOT/usr/sbin/criu
+
+system_criu_major() {
+    local v
+    v=$(criu --version 2>/dev/null | sed -n 's/^Version: *\([0-9]*\).*/\1/p') || true
+    echo "${v:-0}"
+}
+
+mkdir -p "$DEST/bin"
+if command -v criu >/dev/null && [[ $(readlink -f "$(command -v criu)") != "$DEST/bin/criu" ]] &&
+    (($(system_criu_major) >= 4)); then
+    SYS=$(command -v criu)
+    log "using the system's $(criu --version | head -1) at $SYS"
+    printf '#!/bin/sh\nexec %q "$@"\n' "$SYS" >"$DEST/bin/criu"
+    printf '{"binary": "%s", "loader": "", "library_path": []}\n' "$SYS" >"$DEST/criu.json"
+else
+    printf '#!/bin/sh\nexec %q --library-path %q %q "$@"\n' "$LOADER" "$LIBPATH" "$BINARY" \
+        >"$DEST/bin/criu"
+    "$VENV/bin/python" - "$DEST/criu.json" "$BINARY" "$LOADER" "$LIBPATH" <<'EOF'
+import json, sys
+out, binary, loader, libpath = sys.argv[1:]
+with open(out, "w") as f:
+    json.dump({"binary": binary, "loader": loader, "library_path": libpath.split(":")}, f)
+EOF
+fi
+chmod +x "$DEST/bin/criu"
+
+got=$("$DEST/bin/criu" --version | head -1)
+[[ $got == "Version: $VERSION" || $(system_criu_major) -ge 4 ]] ||
+    { log "unexpected criu version: $got"; exit 1; }
+link_into_venv
+"$VENV/bin/python" -c 'import pycriu.criu' ||
+    { log "pycriu does not import (is protobuf installed in $VENV?)"; exit 1; }
+touch "$DEST/.complete"
+log "criu ready: $got ($DEST/bin/criu)"

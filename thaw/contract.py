@@ -54,6 +54,11 @@ ENV_MODE: Final = "THAW_MODE"
 ENV_SNAPSHOT_KEY: Final = "THAW_SNAPSHOT_KEY"
 ENV_SNAPSHOT: Final = "THAW_SNAPSHOT"  # restore mode: snapshot name
 ENV_RESTORE_TIMEOUT: Final = "THAW_RESTORE_TIMEOUT"  # seconds before cold start
+# Set by the webhook on the injected containers (downward API), so they know their pod.
+ENV_POD_NAME: Final = "THAW_POD_NAME"
+ENV_POD_NAMESPACE: Final = "THAW_POD_NAMESPACE"
+ENV_NODE_NAME: Final = "THAW_NODE_NAME"
+ENV_TARGET_CONTAINER: Final = "THAW_TARGET_CONTAINER"  # name of the worker's container
 
 
 class Signal(enum.StrEnum):
@@ -87,6 +92,11 @@ SIDECAR_READY_PATH: Final = "/readyz"
 STORE_VOLUME: Final = "thaw-store"
 STORE_MOUNT_PATH: Final = "/var/lib/thaw/snapshots"
 ENV_STORE_DIR: Final = "THAW_STORE_DIR"
+# Agent settings the Helm chart passes as env (values agent.retention / agent.signingKey).
+ENV_RETENTION_MAX_PER_KEY: Final = "THAW_RETENTION_MAX_PER_KEY"  # 0: keep all
+ENV_RETENTION_MAX_AGE_HOURS: Final = "THAW_RETENTION_MAX_AGE_HOURS"  # 0: keep forever
+ENV_SIGNING_KEY_FILE: Final = "THAW_SIGNING_KEY_FILE"  # unset: manifests are not signed
+DEFAULT_STORE_CLAIM: Final = "thaw-snapshots"  # PVC backing STORE_VOLUME (webhook option)
 
 # --- Snapshot custom resource ----------------------------------------------
 CRD_GROUP: Final = DOMAIN
@@ -115,6 +125,7 @@ STATUS_PHASE: Final = "phase"
 STATUS_NODE: Final = "node"
 STATUS_SIZE_BYTES: Final = "sizeBytes"
 STATUS_MESSAGE: Final = "message"
+STATUS_TIMINGS: Final = "timings"  # seconds per checkpoint phase
 LABEL_SNAPSHOT_KEY: Final = f"{DOMAIN}/snapshot-key"  # on Snapshot objects, for selectors
 
 # --- Artifact store layout and manifest ------------------------------------
@@ -124,6 +135,7 @@ MANIFEST_SCHEMA_VERSION: Final = 1
 STORE_STAGING_DIR: Final = ".staging"  # snapshots are built here, then renamed
 CRIU_IMAGES_DIR: Final = "criu"  # CRIU image files inside a snapshot folder
 ROOTFS_DIFF_FILE: Final = "rootfs-diff.tar"  # container's overlay upper dir
+PROCESS_INFO_FILE: Final = "process.json"  # dumped tree: root pid, stdio the restore re-wires
 
 
 class ManifestError(ValueError):

@@ -1,0 +1,238 @@
+"""The node agent: watches thaw pods' control dirs and checkpoints or restores them.
+
+One agent serves every pod on its node. Signals are polled (cheap stats);
+each piece of work runs as its own task: dumps in a small pool, restores in
+a separate pool, so a slow dump never delays a restore (a restore is on a
+pod's start-up path; a dump is not). Every restore ends with
+``restore-complete`` or ``restore-failed`` plus SIGUSR1 to the placeholder,
+never silence: on any error the placeholder execs the original command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from agent import criu, procfs
+from agent.checkpoint import CheckpointError, checkpoint
+from agent.pods import PodRef, PodSource, SnapshotSink
+from agent.restore import RestoreError, restore
+from agent.store import SnapshotInvalid, Store, StoreError, new_name, verify
+from thaw.contract import InjectedMode, Signal, Source
+
+log = logging.getLogger(__name__)
+
+
+class Agent:
+    def __init__(
+        self,
+        source: PodSource,
+        sink: SnapshotSink,
+        store: Store,
+        *,
+        node: str = "",
+        dump_workers: int = 2,
+        restore_workers: int = 4,
+        poll_s: float = 0.1,
+    ) -> None:
+        self.source, self.sink, self.store, self.node = source, sink, store, node
+        self.spec, self.criu_version = criu.require(check_kernel=True)
+        removed = store.clean_stale()
+        if removed:
+            log.info("removed stale staging folders: %s", ", ".join(removed))
+        self._dumps = ThreadPoolExecutor(dump_workers, thread_name_prefix="dump")
+        self._restores = ThreadPoolExecutor(restore_workers, thread_name_prefix="restore")
+        self._busy: set[tuple[str, str]] = set()
+        self._done: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.poll_s = poll_s
+
+    # --- loop -------------------------------------------------------------------
+    def run(self) -> None:
+        log.info(
+            "agent up: node=%s store=%s criu=%s", self.node, self.store.root, self.criu_version
+        )
+        while not self._stop.is_set():
+            self.tick()
+            self._stop.wait(self.poll_s)
+
+    def stop(self, wait: bool = True) -> None:
+        self._stop.set()
+        self._dumps.shutdown(wait=wait)
+        self._restores.shutdown(wait=wait)
+        self.source.close()
+
+    def tick(self) -> None:
+        """One scan: start a task for every pod whose control dir asks for work."""
+        try:
+            pods = self.source.pods()
+        except Exception as e:
+            log.warning("listing pods failed: %s", e)
+            return
+        for pod in pods:
+            if pod.init_pid is None:
+                continue
+            try:
+                if pod.mode == InjectedMode.CHECKPOINT and self._wants_checkpoint(pod):
+                    self._submit(pod, "checkpoint", self._dumps, self.do_checkpoint)
+                elif (
+                    pod.mode == InjectedMode.RESTORE
+                    and self._wants_restore(pod)
+                    and procfs.catches(pod.init_pid, signal.SIGUSR1)  # placeholder is up
+                ):
+                    self._submit(pod, "restore", self._restores, self.do_restore)
+            except OSError as e:  # container vanished between listing and looking
+                log.debug("%s: %s", pod.ident, e)
+
+    @staticmethod
+    def _wants_checkpoint(pod: PodRef) -> bool:
+        return pod.has(Signal.READY_FOR_CHECKPOINT) and not pod.has(Signal.CHECKPOINT_COMPLETE)
+
+    @staticmethod
+    def _wants_restore(pod: PodRef) -> bool:
+        done = pod.has(Signal.RESTORE_COMPLETE) or pod.has(Signal.RESTORE_FAILED)
+        return pod.has(Signal.RESTORE_REQUESTED) and not done
+
+    def _submit(self, pod: PodRef, what: str, pool: ThreadPoolExecutor, fn) -> None:
+        task = (pod.uid, what)
+        with self._lock:
+            if task in self._busy or task in self._done:
+                return
+            self._busy.add(task)
+
+        def run() -> None:
+            try:
+                fn(pod)
+            except Exception:
+                log.exception("%s: %s crashed", pod.ident, what)
+            finally:
+                with self._lock:
+                    self._busy.discard(task)
+                    self._done.add(task)
+
+        pool.submit(run)
+
+    # --- checkpoint ---------------------------------------------------------------
+    def worker_pid(self, pod: PodRef) -> int:
+        """The worker: the container init's one live child (thaw's wrapper started it)."""
+        assert pod.init_pid is not None
+        kids = [k for k in procfs.children_of(pod.init_pid) if procfs.alive(k)]
+        if len(kids) != 1:
+            raise CheckpointError(
+                f"expected the worker as the only child of the container's init "
+                f"(pid {pod.init_pid}), found {kids or 'none'}; is the command wrapped?"
+            )
+        return kids[0]
+
+    def do_checkpoint(self, pod: PodRef) -> None:
+        name = new_name(pod.key or pod.name)
+        self.sink.checkpoint_started(pod, name)
+        try:
+            pid = self.worker_pid(pod)
+            log.info("%s: checkpointing worker pid %d as %s", pod.ident, pid, name)
+            result = checkpoint(
+                pid,
+                self.store,
+                key=pod.key or pod.name,
+                name=name,
+                leave_running=True,
+                image=pod.image,
+                source=Source(pod.namespace, pod.name, pod.container, self.node),
+                spec=self.spec,
+                criu_version=self.criu_version,
+            )
+        except Exception as e:  # the source must always be told, so it resumes serving
+            if not isinstance(e, (CheckpointError, StoreError, OSError)):
+                log.exception("%s: unexpected checkpoint error", pod.ident)
+            log.error("%s: checkpoint failed: %s", pod.ident, e)
+            self.sink.checkpoint_failed(pod, name, str(e))
+            self._signal_source(pod, {"ok": False, "snapshot": name, "error": str(e)})
+            return
+        summary = result.summary()
+        log.info("%s: snapshot %s ready (%d bytes)", pod.ident, name, result.bytes)
+        self.sink.checkpoint_ready(pod, name, summary)
+        self._signal_source(pod, {"ok": True, "snapshot": name, **summary})
+
+    @staticmethod
+    def _signal_source(pod: PodRef, payload: dict) -> None:
+        try:
+            pod.write(Signal.CHECKPOINT_COMPLETE, payload)
+        except OSError as e:
+            log.error("%s: cannot write %s: %s", pod.ident, Signal.CHECKPOINT_COMPLETE.value, e)
+
+    # --- restore --------------------------------------------------------------------
+    def snapshot_for(self, pod: PodRef) -> str:
+        if pod.snapshot:
+            return pod.snapshot
+        name = self.store.newest_for_key(pod.key) if pod.key else None
+        if not name:
+            raise StoreError(f"no snapshot for key {pod.key!r} in {self.store.root}")
+        return name
+
+    def do_restore(self, pod: PodRef) -> None:
+        assert pod.init_pid is not None
+        name = pod.snapshot or "?"
+        try:
+            name = self.snapshot_for(pod)
+            folder = self.store.path(name)
+            manifest = verify(folder, self.criu_version)
+            log.info("%s: restoring %s into pid %d", pod.ident, name, pod.init_pid)
+            result = restore(
+                folder,
+                into=pod.init_pid,
+                spec=self.spec,
+                criu_version=self.criu_version,
+                verified=manifest,
+            )
+        except Exception as e:  # whatever went wrong, the pod must cold-start, never hang
+            if not isinstance(e, (RestoreError, SnapshotInvalid, StoreError, OSError)):
+                log.exception("%s: unexpected restore error", pod.ident)
+            log.error("%s: restore failed, cold start: %s", pod.ident, e)
+            payload = {"reason": str(e), "stage": "agent", "snapshot": name}
+            self._finish_restore(pod, Signal.RESTORE_FAILED, payload)
+            self.sink.restore_failed(pod, name, str(e))
+            return
+        summary = result.summary()
+        # The placeholder reads "pid" inside the container: the pid in its namespace.
+        payload = {**summary, "pid": result.ns_pid, "host_pid": result.pid}
+        self._finish_restore(pod, Signal.RESTORE_COMPLETE, payload)
+        log.info("%s: restored %s as pid %d", pod.ident, name, result.pid)
+        self.sink.restored(pod, name, summary)
+
+    @staticmethod
+    def _finish_restore(pod: PodRef, sig: Signal, payload: dict | str) -> None:
+        assert pod.init_pid is not None
+        try:
+            pod.write(sig, payload)
+        except OSError as e:
+            log.error("%s: cannot write %s: %s", pod.ident, sig.value, e)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pod.init_pid, signal.SIGUSR1)
+
+
+def run_forever(agent: Agent) -> int:
+    stop = threading.Event()
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, lambda *_: stop.set())
+    t = threading.Thread(target=agent.run, name="agent-loop", daemon=True)
+    t.start()
+    while not stop.is_set() and t.is_alive():
+        stop.wait(0.5)
+    agent.stop(wait=False)
+    return 0
+
+
+def wait_for(path: Path, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            return True
+        time.sleep(0.02)
+    return False

@@ -1,0 +1,110 @@
+"""The container's writable-layer changes travel with the snapshot.
+
+A worker may have written files (compiled kernels, caches, unpacked weights)
+into its container's filesystem, and it may hold some open: CRIU reopens
+files by path, so the restore container needs the same changes *before*
+CRIU runs. ``capture`` tars the overlay upper dir (found through the
+container root's mount); ``apply`` unpacks it inside the target container's
+mount namespace and root (see :mod:`agent.nsrun`), so nothing can land
+outside the container whatever the tar holds.
+
+Overlay whiteouts (char device 0:0, "this lower file was deleted") and opaque
+directories are carried as pax headers and replayed as deletions.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tarfile
+from pathlib import Path
+
+from thaw.contract import CONTROL_DIR
+
+WHITEOUT = "THAW.whiteout"
+OPAQUE = "THAW.opaque"
+OPAQUE_XATTR = "trusted.overlay.opaque"
+
+
+def _skipped_prefixes() -> tuple[str, ...]:
+    """The control dir (a bind mount, per pod) never travels; /var/run is an alias of /run."""
+    rel = CONTROL_DIR.strip("/")
+    out = [rel]
+    if rel.startswith("var/run/"):
+        out.append(rel.removeprefix("var/"))
+    return tuple(out)
+
+
+def _skip(rel: str) -> bool:
+    return any(rel == p or rel.startswith(p + "/") for p in _skipped_prefixes())
+
+
+def capture(upper: Path, out: Path) -> int:
+    """Tar the overlay upper dir into ``out``; returns the number of entries."""
+    count = 0
+    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
+        for dirpath, dirs, files in os.walk(upper):
+            dirs.sort()
+            for name in sorted(dirs) + sorted(files):
+                full = os.path.join(dirpath, name)
+                rel = os.path.relpath(full, upper)
+                if _skip(rel):
+                    if name in dirs:
+                        dirs.remove(name)
+                    continue
+                st = os.lstat(full)
+                if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                    info = tarfile.TarInfo(rel)
+                    info.pax_headers = {WHITEOUT: "1"}
+                    tar.addfile(info)
+                elif stat.S_IFMT(st.st_mode) in (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK):
+                    info = tar.gettarinfo(full, rel)
+                    if stat.S_ISDIR(st.st_mode) and _is_opaque(full):
+                        info.pax_headers = {OPAQUE: "1"}
+                    if info.isreg():
+                        with open(full, "rb") as f:
+                            tar.addfile(info, f)
+                    else:
+                        tar.addfile(info)
+                else:
+                    continue  # sockets, fifos, devices: not part of a portable diff
+                count += 1
+    return count
+
+
+def _is_opaque(path: str) -> bool:
+    try:
+        return os.getxattr(path, OPAQUE_XATTR, follow_symlinks=False) == b"y"
+    except OSError:
+        return False
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.unlink(path)
+
+
+def apply(tar_fd: int, root: str = "/") -> int:
+    """Unpack a captured diff into ``root`` (run inside the target's mount ns and root)."""
+    count = 0
+    with os.fdopen(os.dup(tar_fd), "rb") as raw, tarfile.open(fileobj=raw, mode="r:") as tar:
+        for member in tar:
+            rel = member.name.lstrip("/")
+            if _skip(rel):
+                continue
+            dest = os.path.join(root, rel)
+            if member.pax_headers.get(WHITEOUT):
+                _remove(dest)
+                count += 1
+                continue
+            if member.isdir() and member.pax_headers.get(OPAQUE) and os.path.isdir(dest):
+                for child in os.listdir(dest):
+                    _remove(os.path.join(dest, child))
+            if not member.isdir() and os.path.lexists(dest):
+                _remove(dest)
+            tar.extract(member, root, filter="tar")
+            count += 1
+    return count

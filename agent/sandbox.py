@@ -1,0 +1,138 @@
+"""A minimal container made of real Linux namespaces, for ``--local`` mode, the demo and tests.
+
+Each box gets new pid, mount, ipc, uts and net namespaces, an overlay root over
+the host's ``/`` (writable upper dir on a host-visible tmpfs, as containerd's
+overlay snapshotter keeps it), a private /proc, and the control dir
+bind-mounted at :data:`thaw.contract.CONTROL_DIR`. Its stdio are pipes drained
+by the host, like a runtime shim's. That is what the agent meets in a
+Kubernetes pod, minus the image: real namespaces, so the agent's
+``setns``/CRIU code paths are the ones used in a cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from agent import sandbox_init
+from agent.procfs import children_of
+from thaw.contract import CONTROL_DIR, ENV_CONTROL_DIR
+
+UNSHARE = ("unshare", "--pid", "--fork", "--mount", "--ipc", "--uts", "--net", "--kill-child")
+
+
+class Box:
+    """One running "container"; ``pid`` is its PID 1 as seen from the host."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        control: Path,
+        *,
+        name: str = "box",
+        env: Mapping[str, str] | None = None,
+        log: Path | None = None,
+    ) -> None:
+        self.name = name
+        self.control = Path(control)
+        self.control.mkdir(parents=True, exist_ok=True)
+        self.base = Path(tempfile.mkdtemp(prefix=f"thaw-box-{name}-"))
+        sandbox_init.mount("tmpfs", str(self.base), "tmpfs", 0, "mode=700")
+        for d in ("upper", "work", "merged"):
+            (self.base / d).mkdir()
+        self._own_log = log is None
+        self.log_path = log or self.base.with_suffix(".log")
+        box_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), ENV_CONTROL_DIR: CONTROL_DIR}
+        box_env.update(env or {})
+        # CONTROL_DIR may cross a symlink (/var/run -> /run); the lower layer is the host's /,
+        # so the host resolves it the same way the box would.
+        control_in_box = os.path.realpath(CONTROL_DIR)
+        cmd = [
+            *UNSHARE,
+            sys.executable,
+            "-m",
+            "agent.sandbox_init",
+            str(self.base),
+            str(self.control.resolve()),
+            control_in_box,
+            name,
+            "--",
+            *argv,
+        ]
+        read_end, write_end = os.pipe()
+        self._unshare = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=write_end,
+            stderr=write_end,
+            env={**box_env, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+            start_new_session=True,
+        )
+        os.close(write_end)
+        self._drain = threading.Thread(target=self._copy_log, args=(read_end,), daemon=True)
+        self._drain.start()
+        self.pid = self._wait_init()
+
+    def _copy_log(self, fd: int) -> None:
+        with open(fd, "rb", buffering=0) as src, open(self.log_path, "ab", buffering=0) as dst:
+            while chunk := src.read(65536):
+                dst.write(chunk)
+
+    def _wait_init(self, timeout: float = 10.0) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            kids = children_of(self._unshare.pid)
+            if kids:
+                return kids[0]
+            if self._unshare.poll() is not None:
+                raise RuntimeError(f"box {self.name} exited at start: {self.log()}")
+            time.sleep(0.005)
+        raise TimeoutError(f"box {self.name}: no init process after {timeout}s")
+
+    @property
+    def upper(self) -> Path:
+        return self.base / "upper"
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def alive(self) -> bool:
+        return self._unshare.poll() is None
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self._unshare.wait(timeout)
+
+    def stop(self) -> None:
+        """Kill everything in the box (its PID 1 dying takes the pid namespace with it)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._unshare.wait(10)
+        if self._unshare.poll() is None:
+            self._unshare.kill()
+            self._unshare.wait()
+        self._drain.join(5)
+        # Lazy: the dying pid namespace may still pin the overlay for a moment; the tmpfs
+        # is freed when the last reference goes.
+        subprocess.run(["umount", "-l", str(self.base)], capture_output=True)
+        shutil.rmtree(self.base, ignore_errors=True)
+        if self._own_log:
+            self.log_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> Box:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

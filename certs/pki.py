@@ -1,0 +1,238 @@
+"""Certificates for the admission webhook: a private CA and a serving cert it signs.
+
+The API server verifies the webhook against ``caBundle`` and the Service DNS
+name (or IP), so names go in subjectAltName - never only in the CN, which
+verifiers ignore. Keys are ECDSA P-256: small, and fast to handshake on
+every admission call.
+
+Rotation rule (``needs_rotation``): replace a certificate once less than a
+third of its lifetime is left, so a weekly or daily reconcile always renews
+well before expiry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import ipaddress
+from collections.abc import Iterable, Sequence
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+CA_LIFETIME = dt.timedelta(days=3650)
+SERVING_LIFETIME = dt.timedelta(days=365)
+ROTATE_WHEN_LEFT = 1 / 3
+CLOCK_SKEW = dt.timedelta(minutes=5)  # backdate notBefore for peers with slow clocks
+CA_COMMON_NAME = "thaw-webhook-ca"
+
+
+class CertError(ValueError):
+    """Unusable certificate input: bad host names, unparseable PEM, mismatched pair."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Bundle:
+    """PEM texts of a CA and the serving pair it signed."""
+
+    ca_cert: bytes
+    ca_key: bytes
+    tls_cert: bytes
+    tls_key: bytes
+
+
+def now_utc() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def split_hosts(hosts: Iterable[str]) -> list[x509.GeneralName]:
+    """IP literals become IP SANs, everything else DNS SANs (order kept, no duplicates)."""
+    names: list[x509.GeneralName] = []
+    for raw in hosts:
+        host = raw.strip()
+        if not host:
+            continue
+        try:
+            name: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host.strip("[]")))
+        except ValueError:
+            if any(c.isspace() or c in "/:@" for c in host):
+                raise CertError(f"not a host name or IP address: {host!r}") from None
+            name = x509.DNSName(host.lower())
+        if name not in names:
+            names.append(name)
+    if not names:
+        raise CertError("at least one host name or IP address is needed")
+    return names
+
+
+def _key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _pem_cert(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def make_ca(
+    now: dt.datetime | None = None, lifetime: dt.timedelta = CA_LIFETIME
+) -> tuple[bytes, bytes]:
+    """A self-signed CA that may sign only end-entity certs: (cert PEM, key PEM)."""
+    now = now or now_utc()
+    key = _key()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CA_COMMON_NAME)])
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(now + lifetime)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(ski, critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return _pem_cert(cert), _pem_key(key)
+
+
+def make_serving(
+    ca_cert_pem: bytes,
+    ca_key_pem: bytes,
+    hosts: Sequence[str],
+    now: dt.datetime | None = None,
+    lifetime: dt.timedelta = SERVING_LIFETIME,
+) -> tuple[bytes, bytes]:
+    """A serverAuth cert for ``hosts`` signed by the CA: (cert PEM, key PEM).
+
+    Never outlives its CA.
+    """
+    now = now or now_utc()
+    ca_cert, ca_key = load_cert(ca_cert_pem), load_key(ca_key_pem)
+    sans = split_hosts(hosts)
+    key = _key()
+    not_after = min(now + lifetime, ca_cert.not_valid_after_utc)
+    first = sans[0].value
+    cn = str(first)[:64]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=False,
+                crl_sign=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return _pem_cert(cert), _pem_key(key)
+
+
+def make_bundle(hosts: Sequence[str], now: dt.datetime | None = None) -> Bundle:
+    ca_cert, ca_key = make_ca(now)
+    tls_cert, tls_key = make_serving(ca_cert, ca_key, hosts, now)
+    return Bundle(ca_cert, ca_key, tls_cert, tls_key)
+
+
+def load_cert(pem: bytes) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(pem)
+    except ValueError as e:
+        raise CertError(f"not a PEM certificate: {e}") from None
+
+
+def load_key(pem: bytes) -> ec.EllipticCurvePrivateKey:
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError) as e:
+        raise CertError(f"not an unencrypted PEM private key: {e}") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise CertError("expected an EC private key")
+    return key
+
+
+def needs_rotation(
+    cert_pem: bytes, now: dt.datetime | None = None, left: float = ROTATE_WHEN_LEFT
+) -> bool:
+    """True once less than ``left`` of the certificate's lifetime remains (or it is unreadable)."""
+    now = now or now_utc()
+    try:
+        cert = load_cert(cert_pem)
+    except CertError:
+        return True
+    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+    return end - now < (end - start) * left
+
+
+def san_names(cert_pem: bytes) -> list[str]:
+    cert = load_cert(cert_pem)
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return []
+    return [str(n.value) for n in ext.value]
+
+
+def covers_hosts(cert_pem: bytes, hosts: Sequence[str]) -> bool:
+    wanted = {str(n.value) for n in split_hosts(hosts)}
+    return wanted <= set(san_names(cert_pem))
+
+
+def signed_by(cert_pem: bytes, ca_cert_pem: bytes) -> bool:
+    try:
+        load_cert(cert_pem).verify_directly_issued_by(load_cert(ca_cert_pem))
+    except (CertError, ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def key_matches(cert_pem: bytes, key_pem: bytes) -> bool:
+    try:
+        return load_cert(cert_pem).public_key() == load_key(key_pem).public_key()
+    except CertError:
+        return False

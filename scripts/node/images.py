@@ -1,0 +1,323 @@
+"""Build the node's container images locally: no registry, no docker.
+
+pause   busybox-static + images/pause/pause (the pod sandbox process)
+worker  Debian trixie minbase + python3 (images/base) + images/worker/app.py
+thaw    the same base + criu/pycriu from apt (images/agent) + the project's Python
+        dependencies (pip, cp313 wheels) + the thaw package itself; runs the
+        agent, the webhook and the injected sidecar.
+
+Each layer is cached under $THAW_CACHE/images/layers/<name>-<key>/, where the
+key hashes everything that goes into it (recipe files, package lists, source
+files), so a second build only re-tars what changed; editing thaw's code
+rebuilds only the top layer. ``images.py build`` prints a JSON map
+``{name: {"ref": ..., "layout": ...}}`` that the cluster imports with ctr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import oci
+
+REPO = Path(__file__).resolve().parents[2]
+IMAGES_DIR = REPO / "images"
+RECIPE_VERSION = "1"  # bump to rebuild every layer
+SUITE = "trixie"
+PY_SITE = "usr/local/lib/python3.13/dist-packages"  # trixie's python3 looks here first
+PY_VERSION = "3.13"
+MIRROR = os.environ.get("THAW_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+# Trimmed from the base rootfs: documentation and apt state the images never use.
+STRIP = ("usr/share/doc", "usr/share/man", "usr/share/info", "var/cache/apt", "var/lib/apt/lists")
+THAW_SOURCES = ("thaw", "webhook", "agent", "sidecar", "certs")
+REF_PREFIX = "localhost/thaw"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("THAW_CACHE", Path.home() / ".cache" / "thaw")) / "images"
+
+
+def log(msg: str) -> None:
+    print(f"images: {msg}", file=sys.stderr, flush=True)
+
+
+def digest_of(*parts: bytes | str | Path) -> str:
+    """Key of a layer: a hash over its inputs (file contents for paths)."""
+    h = hashlib.sha256(RECIPE_VERSION.encode())
+    for part in parts:
+        if isinstance(part, Path):
+            files = sorted(p for p in part.rglob("*") if p.is_file()) if part.is_dir() else [part]
+            for f in files:
+                if "__pycache__" in f.parts:
+                    continue
+                rel = f.relative_to(REPO) if f.is_relative_to(REPO) else f.name
+                h.update(str(rel).encode())
+                h.update(f.read_bytes())
+        else:
+            h.update(part.encode() if isinstance(part, str) else part)
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def packages(path: Path) -> list[str]:
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+    return [line for line in lines if line]
+
+
+@dataclasses.dataclass(frozen=True)
+class CachedLayer:
+    """A layer tar in the layer cache, plus (when kept) the rootfs it came from."""
+
+    layer: oci.Layer
+    layout: Path  # folder holding blobs/sha256/<digest>
+    rootfs: Path | None
+
+
+def _load(dirpath: Path) -> CachedLayer | None:
+    meta = dirpath / "layer.json"
+    if not meta.is_file():
+        return None
+    d = json.loads(meta.read_text())
+    rootfs = dirpath / "rootfs"
+    return CachedLayer(
+        oci.Layer(d["digest"], d["size"]), dirpath, rootfs if rootfs.is_dir() else None
+    )
+
+
+def _finish(dirpath: Path, src: Path, keep_rootfs: bool, overlay_upper: bool) -> CachedLayer:
+    layer = oci.write_layer(src, dirpath / "blobs", overlay_upper=overlay_upper)
+    if keep_rootfs and src != dirpath / "rootfs":
+        os.replace(src, dirpath / "rootfs")
+    elif not keep_rootfs:
+        shutil.rmtree(src)
+    (dirpath / "layer.json").write_text(json.dumps({"digest": layer.digest, "size": layer.size}))
+    return _load(dirpath)  # type: ignore[return-value]
+
+
+def _fresh(name: str, key: str) -> tuple[Path, CachedLayer | None]:
+    dirpath = cache_root() / "layers" / f"{name}-{key}"
+    cached = _load(dirpath)
+    if cached:
+        return dirpath, cached
+    if dirpath.exists():
+        _rmtree_root(dirpath)
+    dirpath.mkdir(parents=True)
+    return dirpath, None
+
+
+def _rmtree_root(path: Path) -> None:
+    """Remove a tree that may hold root-owned device nodes or read-only dirs."""
+    subprocess.run(["rm", "-rf", "--one-file-system", str(path)], check=True)
+
+
+def _run(cmd: list[str], **kw: object) -> None:
+    log("$ " + " ".join(cmd)[:200])
+    subprocess.run(cmd, check=True, **kw)  # type: ignore[call-overload]
+
+
+# --- layers -------------------------------------------------------------------
+
+
+def pause_layer(node_root: Path) -> CachedLayer:
+    busybox = node_root / "bin" / "busybox"
+    key = digest_of(busybox, IMAGES_DIR / "pause")
+    dirpath, cached = _fresh("pause", key)
+    if cached:
+        return cached
+    root = dirpath / "build"
+    (root / "bin").mkdir(parents=True)
+    shutil.copy2(busybox, root / "bin" / "busybox")
+    for applet in ("sh", "sleep"):
+        (root / "bin" / applet).symlink_to("busybox")
+    shutil.copy2(IMAGES_DIR / "pause" / "pause", root / "pause")
+    for d in ("proc", "sys", "dev", "tmp", "etc"):
+        (root / d).mkdir()
+    return _finish(dirpath, root, keep_rootfs=False, overlay_upper=False)
+
+
+def base_layer(node_root: Path) -> CachedLayer:
+    pkgs = packages(IMAGES_DIR / "base" / "packages")
+    key = digest_of(SUITE, ",".join(pkgs), ",".join(STRIP))
+    dirpath, cached = _fresh("base", key)
+    if cached:
+        return cached
+    root = dirpath / "build"
+    debs = cache_root() / "debootstrap-debs"
+    debs.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, DEBOOTSTRAP_DIR=str(node_root / "usr/share/debootstrap"))
+    cmd = [str(node_root / "usr/sbin/debootstrap"), "--variant=minbase", f"--keyring={KEYRING}"]
+    cmd += [f"--cache-dir={debs}", f"--include={','.join(pkgs)}", SUITE, str(root), MIRROR]
+    _run(cmd, env=env, stdout=subprocess.DEVNULL)
+    for rel in STRIP:
+        for child in (root / rel).glob("*"):
+            _rmtree_root(child)
+    (root / "etc" / "resolv.conf").unlink(missing_ok=True)
+    (root / "etc" / "hostname").unlink(missing_ok=True)
+    return _finish(dirpath, root, keep_rootfs=True, overlay_upper=False)
+
+
+_APT_IN_OVERLAY = r"""
+set -euo pipefail
+lower=$1 upper=$2 work=$3 merged=$4; shift 4
+mount -t overlay overlay -o "lowerdir=$lower,upperdir=$upper,workdir=$work" "$merged"
+mount -t proc proc "$merged/proc"
+mount --rbind /dev "$merged/dev"
+cp /etc/resolv.conf "$merged/etc/resolv.conf"
+export DEBIAN_FRONTEND=noninteractive LC_ALL=C
+chroot "$merged" apt-get -q update >/dev/null
+chroot "$merged" apt-get -q install -y --no-install-recommends "$@" >/dev/null
+chroot "$merged" apt-get clean
+rm -rf "$merged/var/lib/apt/lists/"* "$merged/etc/resolv.conf" "$merged/var/log/"*
+rm -rf "$merged/usr/share/doc/"* "$merged/usr/share/man/"*
+"""
+
+
+def apt_layer(base: CachedLayer) -> CachedLayer:
+    """Packages installed with apt in a chroot over the base; the overlay upper dir is the layer."""
+    pkgs = packages(IMAGES_DIR / "agent" / "packages")
+    key = digest_of(base.layer.digest, ",".join(pkgs))
+    dirpath, cached = _fresh("apt", key)
+    if cached:
+        return cached
+    assert base.rootfs is not None
+    upper, work, merged = dirpath / "upper", dirpath / "work", dirpath / "merged"
+    for d in (upper, work, merged):
+        d.mkdir()
+    # A private mount namespace: every mount vanishes with the script, even on failure.
+    _run(
+        [
+            *("unshare", "--mount", "--propagation", "private", "bash", "-c", _APT_IN_OVERLAY),
+            *("apt", str(base.rootfs), str(upper), str(work), str(merged), *pkgs),
+        ]
+    )
+    _rmtree_root(work)
+    merged.rmdir()
+    return _finish(dirpath, upper, keep_rootfs=False, overlay_upper=True)
+
+
+def python_deps() -> list[str]:
+    meta = tomllib.loads((REPO / "pyproject.toml").read_text())
+    return list(meta["project"]["dependencies"])
+
+
+def pip_layer() -> CachedLayer:
+    """The project's runtime dependencies as cp313 manylinux wheels, installed with --target."""
+    deps = python_deps()
+    key = digest_of(PY_VERSION, "\n".join(deps))
+    dirpath, cached = _fresh("pipdeps", key)
+    if cached:
+        return cached
+    root = dirpath / "build"
+    target = root / PY_SITE
+    cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-compile", "--target", str(target)]
+    cmd += ["--python-version", PY_VERSION, "--implementation", "cp", "--only-binary=:all:"]
+    for plat in ("manylinux2014_x86_64", "manylinux_2_28_x86_64", "manylinux_2_34_x86_64"):
+        cmd += ["--platform", plat]
+    _run([*cmd, *deps])
+    shutil.rmtree(target / "bin", ignore_errors=True)
+    return _finish(dirpath, root, keep_rootfs=False, overlay_upper=False)
+
+
+_THAW_LAUNCHER = """#!/usr/bin/python3
+import sys
+
+from thaw.cli import main
+
+sys.exit(main())
+"""
+
+
+def thaw_layer() -> CachedLayer:
+    """The thaw packages copied as source (pure Python) plus a ``thaw`` launcher."""
+    sources = [REPO / name for name in THAW_SOURCES]
+    key = digest_of(*sources)
+    dirpath, cached = _fresh("thaw", key)
+    if cached:
+        return cached
+    root = dirpath / "build"
+    site = root / PY_SITE
+    site.mkdir(parents=True)
+    for src in sources:
+        shutil.copytree(src, site / src.name, ignore=shutil.ignore_patterns("__pycache__"))
+    launcher = root / "usr/local/bin/thaw"
+    launcher.parent.mkdir(parents=True)
+    launcher.write_text(_THAW_LAUNCHER)
+    launcher.chmod(0o755)
+    return _finish(dirpath, root, keep_rootfs=False, overlay_upper=False)
+
+
+def worker_layer() -> CachedLayer:
+    key = digest_of(IMAGES_DIR / "worker")
+    dirpath, cached = _fresh("worker", key)
+    if cached:
+        return cached
+    root = dirpath / "build"
+    (root / "app").mkdir(parents=True)
+    shutil.copy2(IMAGES_DIR / "worker" / "app.py", root / "app" / "worker.py")
+    return _finish(dirpath, root, keep_rootfs=False, overlay_upper=False)
+
+
+# --- images -------------------------------------------------------------------
+
+
+def compose(name: str, layers: Iterable[CachedLayer], config: oci.ImageConfig) -> dict[str, str]:
+    """An OCI layout for one image whose blobs are hard links into the layer cache."""
+    layers = list(layers)
+    tag = digest_of(*(c.layer.digest for c in layers), json.dumps(dataclasses.asdict(config)))
+    ref = f"{REF_PREFIX}/{name}:{tag}"
+    layout = cache_root() / "oci" / f"{name}-{tag}"
+    if not (layout / "index.json").is_file():
+        layout.mkdir(parents=True, exist_ok=True)
+        for c in layers:
+            oci.link_blob(c.layout, layout, c.layer)
+        oci.write_image(layout, ref, [c.layer for c in layers], config)
+    return {"ref": ref, "layout": str(layout)}
+
+
+def build(node_root: Path, which: Iterable[str]) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    which = set(which)
+    if "pause" in which:
+        out["pause"] = compose(
+            "pause", [pause_layer(node_root)], oci.ImageConfig(entrypoint=("/pause",))
+        )
+    if which & {"worker", "thaw"}:
+        base = base_layer(node_root)
+    if "worker" in which:
+        cfg = oci.ImageConfig(cmd=("python3", "/app/worker.py"), workdir="/app")
+        out["worker"] = compose("worker", [base, worker_layer()], cfg)
+    if "thaw" in which:
+        cfg = oci.ImageConfig(entrypoint=("thaw",))
+        out["thaw"] = compose("thaw", [base, apt_layer(base), pip_layer(), thaw_layer()], cfg)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="build (or reuse) images; print {name: {ref, layout}}")
+    b.add_argument("--node-root", type=Path, required=True, help="tree from install.sh")
+    b.add_argument("names", nargs="*", default=["pause", "worker", "thaw"])
+    args = ap.parse_args()
+    unknown = set(args.names) - {"pause", "worker", "thaw"}
+    if unknown:
+        ap.error(f"unknown image(s): {', '.join(sorted(unknown))}")
+    if os.geteuid() != 0:
+        ap.error("building images needs root (debootstrap, chroot, overlay mounts)")
+    print(json.dumps(build(args.node_root, args.names), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""Shared helpers of the agent tests (a plain module: `conftest` names collide across dirs)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+WORKLOAD = Path(__file__).resolve().parent.parent / "workload"
+if str(WORKLOAD) not in sys.path:
+    sys.path.insert(0, str(WORKLOAD))
+
+STATE_MB = 64
+SEED = "thaw-test"
+MARKER = "/var/lib/thaw-test/marker"  # written by the worker into its container's rootfs
+
+
+def worker_argv(state_mb: int = STATE_MB, seed: str = SEED) -> list[str]:
+    return [
+        sys.executable,
+        str(WORKLOAD / "sample_worker.py"),
+        "--state-mb",
+        str(state_mb),
+        "--seed",
+        seed,
+        "--write-file",
+        MARKER,
+    ]
