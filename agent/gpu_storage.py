@@ -26,11 +26,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from agent.cuda_checkpoint import CudaCheckpointError, CudaDriver
+from agent.cuda_checkpoint import CudaCheckpointError, CudaDriver, CudaUnavailable
 
 CHUNK = 64 << 20
 READERS = 8
 _ENTRY = 24  # CUcheckpointCustomStoragePerDeviceData: devPtr, size, stream
+
+
+def supported(driver: CudaDriver) -> bool:
+    """Custom storage arrived after CUDA 13.0: older bindings lack the argument field."""
+    return hasattr(driver._d.CUcheckpointCheckpointArgs(), "customStorageInfo_out")
 
 
 class _Staging:
@@ -75,6 +80,11 @@ class GpuStateFiles:
     def __init__(self, driver: CudaDriver, readers: int = READERS, chunk: int = CHUNK) -> None:
         self.driver = driver
         self._d = driver._d
+        if not supported(driver):
+            raise CudaUnavailable(
+                "cuCheckpointProcessCheckpoint", "CUSTOM_STORAGE_UNSUPPORTED",
+                detail="these CUDA bindings/driver have no custom-storage checkpoint",
+            )  # fmt: skip
         self.readers, self.chunk = readers, chunk
         (count,) = driver._check("cuDeviceGetCount", self._d.cuDeviceGetCount())
         self._ctx = []

@@ -157,11 +157,13 @@ def start_checkpoint_pod(
     *,
     key: str,
     image: str = "local",
+    namespace: str = "local",
     env: Mapping[str, str] | None = None,
 ) -> LocalPod:
     """A checkpoint-mode pod: ``argv`` runs under the PID-offset wrapper."""
     box_env = {ENV_MODE: InjectedMode.CHECKPOINT.value, ENV_SNAPSHOT_KEY: key, **(env or {})}
     pod = {"mode": InjectedMode.CHECKPOINT.value, "key": key, "image": image}
+    pod["namespace"] = namespace
     return _start_pod(Path(root), name, launch.checkpoint_wrapper(argv), pod, box_env)
 
 
@@ -173,6 +175,7 @@ def start_restore_pod(
     key: str,
     snapshot: str = "",
     image: str = "local",
+    namespace: str = "local",
     env: Mapping[str, str] | None = None,
     request: bool = True,
 ) -> LocalPod:
@@ -184,6 +187,7 @@ def start_restore_pod(
     if snapshot:
         box_env[ENV_SNAPSHOT] = snapshot
     pod = {"mode": InjectedMode.RESTORE.value, "key": key, "snapshot": snapshot, "image": image}
+    pod["namespace"] = namespace
     p = _start_pod(Path(root), name, launch.restore_placeholder(argv), pod, box_env)
     if request:
         (p.control / Signal.RESTORE_REQUESTED.value).write_text("{}\n")

@@ -71,6 +71,12 @@ def worker(args: argparse.Namespace) -> None:
     ).eval()
     cfg = model.config
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    weights = None
+    if args.weights == "release":  # weights leave the snapshot, come back from the files
+        from sidecar.weights import ReleasableWeights
+
+        files = sorted(Path(args.model).glob("*.safetensors"))
+        weights = ReleasableWeights(model, files).register_hooks()
     pool = VmmPool(int(args.kv_gib * GIB))
     cache = StaticCache(config=cfg, max_cache_len=PROMPT_LEN + NEW_TOKENS)
     cache.early_initialization(1, cfg.num_key_value_heads, head_dim, torch.bfloat16, "cuda")
@@ -123,7 +129,10 @@ def worker(args: argparse.Namespace) -> None:
             "rss_bytes": _rss(os.getpid()),
             "cuda_reserved_bytes": torch.cuda.memory_reserved(),
             "kv_pool_bytes": pool.nbytes if pool.mapped else 0,
+            "weights_reload_s": weights.last_reload_s if weights else 0.0,
         }
+        if event == "cold":  # what the serving engine holds on the GPU, before any quiesce
+            record["gpu_bytes_serving"] = gpu_used_by(os.getpid())
         tmp = out / f".{event}.json.tmp"
         tmp.write_text(json.dumps(record))
         os.replace(tmp, out / f"{event}.json")
@@ -134,6 +143,9 @@ def worker(args: argparse.Namespace) -> None:
     info = {
         "cuda_reserved_bytes": torch.cuda.memory_reserved(),
         "kv_pool_bytes": pool.nbytes,
+        # files the restored engine reads on resume: a restore should prefetch them too
+        "prefetch": [str(p) for p in weights.files] if weights else [],
+        "released_weight_bytes": weights.bytes if weights else 0,
     }
     outcome = hooks.wait_for_checkpoint_or_restore(timeout_s=1800, info=info)
     if outcome.event == "skipped":
@@ -254,7 +266,9 @@ class Bench:
         self.criu_version = criu.version(self.criu)
 
     # --- worker processes ----------------------------------------------------------
-    def start_worker(self, name: str, inductor: Path, mode: str | None, kv_mode: str) -> tuple:
+    def start_worker(
+        self, name: str, inductor: Path, mode: str | None, kv_mode: str, weights: str = "keep"
+    ) -> tuple:
         control = self.work / f"control-{name}"
         results = self.work / f"results-{name}"
         for d in (control, results):
@@ -275,6 +289,7 @@ class Bench:
         argv = [
             sys.executable, __file__, "worker", "--model", str(self.model),
             "--results", str(results), "--kv-gib", str(self.args.kv_gib), "--kv-mode", kv_mode,
+            "--weights", weights,
         ]  # fmt: skip
         t0 = time.time()
         proc = subprocess.Popen(
@@ -284,9 +299,11 @@ class Bench:
         log.close()
         return proc, t0, control, results
 
-    def cold_start(self, name: str, inductor: Path, mode: str | None, kv_mode: str) -> tuple:
+    def cold_start(
+        self, name: str, inductor: Path, mode: str | None, kv_mode: str, weights: str = "keep"
+    ) -> tuple:
         drop_caches()
-        proc, t0, control, results = self.start_worker(name, inductor, mode, kv_mode)
+        proc, t0, control, results = self.start_worker(name, inductor, mode, kv_mode, weights)
         try:
             wait_file(results / "cold.json", 900, proc.pid)
         except Exception:
@@ -333,15 +350,21 @@ class Bench:
         src = json.loads((results / "checkpointed.json").read_text())
         artifact = sum(p.stat().st_size for p in artifact_files(image))
         (image / "gpus.json").write_text(json.dumps([g.__dict__ for g in step.gpus]))
+        external = ready.get("prefetch", [])
+        (image / "external.json").write_text(json.dumps(external))
+        external_bytes = sum(Path(p).stat().st_size for p in external)
         res = {
             "storage": storage,
-            "criu_stats": criu_stats(image, "dump"),
             "checkpoint_s": t3 - t0,
             "cuda_lock_checkpoint_s": t1 - t0,
             "criu_dump_s": t2 - t1,
             "cuda_resume_source_s": t3 - t2,
             "artifact_bytes": artifact,
+            "external_bytes": external_bytes,
             "gpu_resident_bytes": gpu_resident,
+            "gpu_bytes_serving": json.loads((results / "cold.json").read_text()).get(
+                "gpu_bytes_serving", 0
+            ),
             "host_rss_bytes_at_checkpoint": rss,
             "worker_reported": ready,
             "source_tokens": src["tokens"],
@@ -370,6 +393,7 @@ class Bench:
         gpus = tuple(GpuInfo(**g) for g in json.loads((image / "gpus.json").read_text()))
         files = artifact_files(image)  # CRIU's small files first, its pages, then GPU state
         storage = "file" if any(p.name.startswith("gpu-") for p in files) else "host"
+        external = [Path(p) for p in json.loads((image / "external.json").read_text())]
         pidfile = image / "restored.pid"
         pidfile.unlink(missing_ok=True)
         drop_caches()
@@ -377,11 +401,11 @@ class Bench:
         m0 = time.monotonic()
         pre = None
         fetcher = None
-        if how == "prefetch":
-            pre = prefetch(files, readers=self.args.readers)
-        elif how == "overlap":
+        if how == "prefetch":  # the restore init step: everything into the page cache first
+            pre = prefetch(files + external, readers=self.args.readers)
+        elif how == "overlap":  # CRIU reads its images; the weights' files stream in meanwhile
             fetcher = threading.Thread(
-                target=prefetch, args=(files,), kwargs={"readers": self.args.readers}
+                target=prefetch, args=(external or files,), kwargs={"readers": self.args.readers}
             )
             fetcher.start()
         m1 = time.monotonic()
@@ -407,9 +431,10 @@ class Bench:
         res = {
             "how": how,
             "storage": storage,
+            "weights": "release" if external else "keep",
+            "weights_reload_s": rec.get("weights_reload_s", 0.0),
             "logits_sha256": rec["logits_sha256"],
             "cuda_timings": dict(step.timings),
-            "criu_stats": criu_stats(image, "restore"),
             "restore_s": rec["t_first"] - t0,
             "restore_all_tokens_s": rec["t_done"] - t0,
             "prefetch_s": m1 - m0,
@@ -421,7 +446,7 @@ class Bench:
             "pid": pid,
         }
         print(
-            f"restore[{storage}/{how}] first token {res['restore_s']:.2f}s "
+            f"restore[{res['weights']}/{how}] first token {res['restore_s']:.2f}s "
             f"(prefetch {m1 - m0:.2f} criu "
             f"{m2 - m1:.2f} cuda {m3 - m2:.2f} "
             f"resume+prefill {res['resume_to_first_token_s']:.2f})",
@@ -433,7 +458,9 @@ class Bench:
     def read_bandwidth(self, image: Path) -> dict:
         from sidecar.prefetch import prefetch
 
-        files = artifact_files(image)
+        files = artifact_files(image) + [
+            Path(p) for p in json.loads((image / "external.json").read_text())
+        ]
         seen = {}
         for readers in (1, 8, 16, 32):
             drop_caches()
@@ -474,90 +501,78 @@ class Bench:
         proc.wait(timeout=60)
         ref = (cold["tokens"], cold["logits_sha256"])
         r["reference_tokens"] = cold["tokens"]
-        # 2. cold start, warm cache: this worker is also the checkpoint source
-        proc, r["cold_start_s_warm_cache"], cold2, control, results = self.cold_start(
-            "source-unmap", inductor, "checkpoint", "unmap"
-        )
-        self.save_partial()
-        checkpoints, restores = {}, []
-        for n, storage in enumerate(a.storages):
-            if n:
-                self.next_checkpoint(proc, control, results)
-            image = self.work / f"image-unmap-{storage}"
+        # 2. warm-cache cold starts that are also the checkpoint sources: the engine keeping
+        #    its weights in the snapshot, and the engine releasing them (refilled from files)
+        checkpoints, restores, warm, same = {}, [], {}, []
+        for weights in a.weights:
+            name = f"source-{weights}"
+            proc, warm[weights], cold2, control, results = self.cold_start(
+                name, inductor, "checkpoint", "unmap", weights
+            )
+            same.append((cold2["tokens"], cold2["logits_sha256"]) == ref)
+            image = self.work / f"image-{weights}"
             try:
-                checkpoints[storage] = self.checkpoint(proc, control, results, image, storage)
-            except Exception as e:  # keep the other storage's numbers; say what broke
-                print(f"checkpoint[{storage}] FAILED: {e}", flush=True)
-                r.setdefault("errors", []).append(f"checkpoint[{storage}]: {e}")
-                break
-        proc.kill()
-        proc.wait(timeout=60)
-        kill(proc.pid)
-        r["checkpoints"] = checkpoints
-        self.save_partial()
-        for storage in checkpoints:
-            image = self.work / f"image-unmap-{storage}"
+                checkpoints[weights] = self.checkpoint(proc, control, results, image, "host")
+            except Exception as e:
+                print(f"checkpoint[{weights}] FAILED: {e}", flush=True)
+                r.setdefault("errors", []).append(f"checkpoint[{weights}]: {e}")
+            proc.kill()
+            proc.wait(timeout=60)
+            kill(proc.pid)
+            if weights not in checkpoints:
+                continue
             for how in a.restore_modes:
                 try:
                     restores.append(self.restore(image, control, results, how))
                 except Exception as e:
-                    print(f"restore[{storage}/{how}] FAILED: {e}", flush=True)
-                    r.setdefault("errors", []).append(f"restore[{storage}/{how}]: {e}")
-                r["restores"] = restores
-                self.save_partial()
+                    print(f"restore[{weights}/{how}] FAILED: {e}", flush=True)
+                    r.setdefault("errors", []).append(f"restore[{weights}/{how}]: {e}")
+            r.update(checkpoints=checkpoints, restores=restores, warm_cold_starts=warm)
+            self.save_partial()
         best = min(restores, key=lambda x: x["restore_s"])
-        best_image = self.work / f"image-unmap-{best['storage']}"
-        ck = checkpoints[best["storage"]]
+        best_image = self.work / f"image-{best['weights']}"
+        ck = checkpoints[best["weights"]]
         bw = self.read_bandwidth(best_image)
-        artifact = ck["artifact_bytes"]
+        artifact, external = ck["artifact_bytes"], ck["external_bytes"]
         sources_ok = all(
             (c["source_tokens"], c["source_logits_sha256"]) == ref for c in checkpoints.values()
         )
         r.update(
+            cold_start_s_warm_cache=min(warm.values()),
             checkpoint_s=ck["checkpoint_s"],
             restore_s=best["restore_s"],
-            restore_best=f"{best['storage']}/{best['how']}",
-            storage_floor_s=artifact / (bw["best_gbps"] * 1e9),
+            restore_best=f"weights {best['weights']}, {best['how']}",
+            storage_floor_s=(artifact + external) / (bw["best_gbps"] * 1e9),
             artifact_bytes=artifact,
+            external_bytes=external,
             gpu_resident_bytes=ck["gpu_resident_bytes"],
+            gpu_bytes_serving=ck["gpu_bytes_serving"],
             tokens_match=all((x["tokens"], x["logits_sha256"]) == ref for x in restores)
             and sources_ok
-            and (cold2["tokens"], cold2["logits_sha256"]) == ref,
+            and all(same),
             distinct_tokens=len(set(cold["tokens"])),
             read_bandwidth=bw,
         )
         self.save_partial()
         if a.diagnose:  # one more restore with CRIU's debug log, untimed, for the record
             self.restore(best_image, control, results, "diagnose", verbose=True)
-        if a.thp_always and r["thp"] and "[always]" not in r["thp"]:
-            # Node tuning experiment: CRIU faults restored anonymous memory in 4 KiB pages
-            # unless THP is "always"; measure the best path once more with it, then put it back.
-            thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-            thp.write_text("always")
-            try:
-                x = self.restore(best_image, control, results, best["how"])
-                x["thp"] = "always"
-                r["restore_thp_always"] = x
-            finally:
-                thp.write_text(r["thp"].split("[")[1].split("]")[0])
-            self.save_partial()
-        for storage in a.storages:
-            if storage != best["storage"]:
-                shutil.rmtree(self.work / f"image-unmap-{storage}", ignore_errors=True)
+        for w in checkpoints:
+            if w != best["weights"]:
+                shutil.rmtree(self.work / f"image-{w}", ignore_errors=True)
         # 3. the same engine with its KV cache left mapped during the dump
         if a.kv_plain:
             proc, _, _, control, results = self.cold_start(
-                "source-plain", inductor, "checkpoint", "plain"
+                "source-plain", inductor, "checkpoint", "plain", best["weights"]
             )
             plain_image = self.work / "image-plain"
-            pk = self.checkpoint(proc, control, results, plain_image, best["storage"])
+            pk = self.checkpoint(proc, control, results, plain_image, "host")
             proc.kill()
             proc.wait(timeout=60)
             kill(proc.pid)
             pr = self.restore(plain_image, control, results, best["how"])
             r["kv_unmap"] = {
                 "kv_cache_bytes": int(a.kv_gib * GIB),
-                "storage": best["storage"],
+                "weights": best["weights"],
                 "plain": {
                     "artifact_bytes": pk["artifact_bytes"],
                     "gpu_resident_bytes": pk["gpu_resident_bytes"],
@@ -589,26 +604,6 @@ def artifact_files(image: Path) -> list[Path]:
     return imgs + sorted(image.glob("gpu-*.bin"))
 
 
-def criu_stats(image: Path, kind: str) -> dict:
-    """CRIU's own timings (stats-dump / stats-restore), decoded with pycriu when available."""
-    path = image / f"stats-{kind}"
-    if not path.exists():
-        return {}
-    try:
-        from agent import criu
-
-        spec = criu.find()
-        root = Path(spec.binary).parents[2]
-        sys.path.insert(0, str(root / "usr" / "lib" / "python3" / "dist-packages"))
-        import pycriu
-
-        with open(path, "rb") as f:
-            entries = pycriu.images.load(f)["entries"]
-        return entries[0].get(kind, entries[0]) if entries else {}
-    except Exception as e:  # diagnostics only
-        return {"error": f"{type(e).__name__}: {e}"}
-
-
 def device_name() -> str:
     try:
         out = subprocess.run(
@@ -634,28 +629,32 @@ def write_outputs(out: Path, r: dict) -> None:
         ("restore to first token", f"{r['restore_s']:.2f} s",
          f"{r['restore_s'] / floor:.2f}x floor (target <= 1.2x)"),
         ("storage floor", f"{floor:.2f} s",
-         f"{r['artifact_bytes'] / gb:.2f} GB at {r['read_bandwidth']['best_gbps']:.2f} GB/s"),
+         f"({r['artifact_bytes'] / gb:.2f} GB snapshot + {r['external_bytes'] / gb:.2f} GB "
+         f"weight files read on resume) at {r['read_bandwidth']['best_gbps']:.2f} GB/s"),
         ("speed-up vs empty-cache cold start", f"{empty_x:.1f}x",
          "target >= 15x"),
         ("speed-up vs warm-cache cold start", f"{warm_x:.1f}x",
          "target >= 8x"),
         ("artifact", f"{r['artifact_bytes'] / gb:.2f} GB",
-         f"GPU-resident {r['gpu_resident_bytes'] / gb:.2f} GB (target <= +1.5 GB)"),
+         f"GPU-resident at checkpoint {r['gpu_resident_bytes'] / gb:.2f} GB, while serving "
+         f"{r['gpu_bytes_serving'] / gb:.2f} GB (target: artifact <= GPU-resident + 1.5 GB)"),
         ("tokens identical after restore", str(r["tokens_match"]),
          f"{NEW_TOKENS} greedy tokens ({r['distinct_tokens']} distinct) and logits digests"),
-        ("best restore path", r["restore_best"], "GPU storage / read strategy"),
+        ("best restore path", r["restore_best"], "weights in snapshot or released; read strategy"),
     ]  # fmt: skip
     for k, c in r["checkpoints"].items():
         rows.append(
-            (f"checkpoint [{k}]", f"{c['checkpoint_s']:.2f} s",
-             f"artifact {c['artifact_bytes'] / gb:.2f} GB, CUDA {c['cuda_lock_checkpoint_s']:.2f}, "
+            (f"checkpoint [weights {k}]", f"{c['checkpoint_s']:.2f} s",
+             f"artifact {c['artifact_bytes'] / gb:.2f} GB, GPU-resident "
+             f"{c['gpu_resident_bytes'] / gb:.2f} GB, CUDA {c['cuda_lock_checkpoint_s']:.2f}, "
              f"CRIU dump {c['criu_dump_s']:.2f}, source resumed {c['cuda_resume_source_s']:.2f}")
         )  # fmt: skip
     for x in r["restores"]:
         rows.append(
-            (f"restore [{x['storage']}/{x['how']}]", f"{x['restore_s']:.2f} s",
+            (f"restore [weights {x['weights']}, {x['how']}]", f"{x['restore_s']:.2f} s",
              f"prefetch {x['prefetch_s']:.2f}, CRIU {x['criu_restore_s']:.2f}, CUDA "
-             f"{x['cuda_restore_unlock_s']:.2f}, resume+prefill {x['resume_to_first_token_s']:.2f}")
+             f"{x['cuda_restore_unlock_s']:.2f}, resume+prefill {x['resume_to_first_token_s']:.2f} "
+             f"(weights reload {x['weights_reload_s']:.2f})")
         )  # fmt: skip
     x = r.get("restore_thp_always")
     if x:
@@ -695,6 +694,7 @@ def main() -> None:
     w.add_argument("--results", required=True)
     w.add_argument("--kv-gib", type=float, default=16)
     w.add_argument("--kv-mode", choices=("unmap", "plain"), default="unmap")
+    w.add_argument("--weights", choices=("keep", "release"), default="keep")
     p = sub.add_parser("prep")
     p.add_argument("--model", required=True)
     p.add_argument("--small", action="store_true")
@@ -706,9 +706,8 @@ def main() -> None:
     r.add_argument("--small", action="store_true", help="tiny model: a smoke test of the pipeline")
     r.add_argument("--no-kv-plain", dest="kv_plain", action="store_false")
     r.add_argument("--restore-modes", nargs="+", default=["direct", "prefetch", "overlap"])
-    r.add_argument("--storages", nargs="+", default=["host", "file"], choices=("host", "file"))
+    r.add_argument("--weights", nargs="+", default=["keep", "release"], choices=("keep", "release"))
     r.add_argument("--diagnose", action="store_true", help="an extra restore with CRIU -v4")
-    r.add_argument("--thp-always", action="store_true", help="also restore with THP=always")
     args = parser.parse_args()
     if args.cmd == "worker":
         worker(args)

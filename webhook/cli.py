@@ -58,6 +58,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--cert-check-interval", type=float, default=10.0, metavar="SECONDS", help="rotation poll"
     )
+    serve.add_argument(
+        "--body-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="a request body not received within this gets a 408 and the connection is closed",
+    )
+    serve.add_argument(
+        "--keepalive-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="close idle connections, and ones that never finish their headers, after this",
+    )
     serve.add_argument("--port-file", help="write the bound port here once listening (tests)")
     add_inject_options(serve)
     serve.set_defaults(func=cmd_serve)
@@ -115,6 +129,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.max_body_bytes <= 0:
         print("thaw: --max-body-bytes must be positive", file=sys.stderr)
         return 2
+    if args.body_timeout <= 0 or args.keepalive_timeout <= 0:
+        print("thaw: --body-timeout and --keepalive-timeout must be positive", file=sys.stderr)
+        return 2
     config = _config(args)
     cert = ServingCert(args.tls_cert, args.tls_key)
     if not cert.reload_if_changed():
@@ -125,8 +142,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         serving_cert=cert,
         max_body_bytes=args.max_body_bytes,
         cert_check_interval_s=args.cert_check_interval,
+        body_read_timeout_s=args.body_timeout,
     )
-    asyncio.run(serve(app, host, port, cert, ready_file=args.port_file or ""))
+    asyncio.run(
+        serve(
+            app,
+            host,
+            port,
+            cert,
+            ready_file=args.port_file or "",
+            keepalive_timeout_s=args.keepalive_timeout,
+        )
+    )
     return 0
 
 

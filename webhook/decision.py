@@ -43,6 +43,7 @@ class Reason(enum.StrEnum):
     NO_COMMAND = "no-command"
     NAME_CONFLICT = "name-conflict"
     NO_READY_SNAPSHOT = "no-ready-snapshot"  # mode: restore, nothing Ready
+    SNAPSHOTS_NOT_SYNCED = "snapshots-not-synced"  # cache never listed: cannot tell
     INTERNAL_ERROR = "internal-error"  # a bug; the pod is still admitted unchanged
 
 
@@ -131,6 +132,10 @@ def decide(
     if clash:
         return skip(Reason.NAME_CONFLICT, clash)
 
+    if mode is not contract.Mode.CHECKPOINT and not getattr(snapshots, "synced", True):
+        # Without a first list "no snapshot" would be a guess that costs a needless
+        # checkpoint (or a missed restore): admit the pod as written instead.
+        return skip(Reason.SNAPSHOTS_NOT_SYNCED, "snapshot cache has not listed yet")
     key = snapshot_key(namespace, spec, target)
     found = None if mode is contract.Mode.CHECKPOINT else snapshots.find_ready(key, namespace)
     if found is not None:

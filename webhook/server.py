@@ -6,6 +6,13 @@ oversized body a 413 (checked before and while reading), and a pod the
 webhook cannot understand is admitted unchanged with a reason - never a 5xx:
 the configuration's failurePolicy is Ignore, but a crash would still cost
 every pod creation the API server's timeout.
+
+Slow clients are bounded: a body that does not arrive within
+``BODY_READ_TIMEOUT_S`` gets a 408 and the connection is closed, and a
+connection that never completes its request headers is dropped after the
+keep-alive timeout (aiohttp arms it when the connection opens). The API
+server gives up on a webhook after at most 30 s, so nothing legitimate is
+slower than that.
 """
 
 from __future__ import annotations
@@ -35,6 +42,9 @@ log = logging.getLogger(__name__)
 REVIEW_API_VERSION = "admission.k8s.io/v1"
 REVIEW_KIND = "AdmissionReview"
 MAX_WARNING_CHARS = 250  # the API server truncates longer warnings
+BODY_READ_TIMEOUT_S = 10.0  # the API server's own webhook timeout is at most 30 s
+KEEPALIVE_TIMEOUT_S = 30.0  # idle or header-trickling connections are closed after this
+LINGERING_TIME_S = 2.0  # after an early 413/408, drain the client's body this long at most
 
 K_CERT = web.AppKey("serving_cert", ServingCert)
 K_CONFIG = web.AppKey("config", InjectConfig)
@@ -42,6 +52,7 @@ K_SNAPSHOTS = web.AppKey("snapshots", object)
 K_METRICS = web.AppKey("metrics", WebhookMetrics)
 K_MAX_BODY = web.AppKey("max_body_bytes", int)
 K_CERT_INTERVAL = web.AppKey("cert_check_interval_s", float)
+K_BODY_TIMEOUT = web.AppKey("body_read_timeout_s", float)
 
 
 class BadReview(ValueError):
@@ -51,7 +62,7 @@ class BadReview(ValueError):
 def parse_review(body: bytes) -> dict[str, Any]:
     """The ``request`` of a v1 AdmissionReview, with the fields we use type-checked."""
     try:
-        review = json.loads(body)
+        review = json.loads(body, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as e:
         raise BadReview(f"body is not JSON: {e}") from None
     if not isinstance(review, dict):
@@ -73,6 +84,12 @@ def parse_review(body: bytes) -> dict[str, Any]:
     if "object" not in request:
         raise BadReview("request.object is missing")
     return request
+
+
+def _reject_constant(name: str) -> Any:
+    # Python's json accepts NaN/Infinity; JSON does not, and echoing one into a
+    # patch would hand the API server a body it cannot parse.
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def request_namespace(request: dict[str, Any]) -> str:
@@ -138,10 +155,16 @@ async def _mutate(req: web.Request) -> web.Response:
     limit = req.app[K_MAX_BODY]
     if req.content_length is not None and req.content_length > limit:
         return _error(413, f"body of {req.content_length} bytes exceeds the {limit}-byte limit")
+    timeout = req.app[K_BODY_TIMEOUT]
     try:
-        body = await req.read()  # aiohttp stops at client_max_size while streaming
+        # aiohttp stops at client_max_size while streaming (chunked bodies too).
+        body = await asyncio.wait_for(req.read(), timeout)
     except web.HTTPRequestEntityTooLarge:
         return _error(413, f"body exceeds the {limit}-byte limit")
+    except TimeoutError:
+        resp = _error(408, f"body not received within {timeout:g}s")
+        resp.force_close()  # never reuse a connection left mid-body
+        return resp
     status, payload, decision = answer(body, req.app[K_CONFIG], req.app[K_SNAPSHOTS])
     if decision is not None:
         req.app[K_METRICS].decisions.labels(reason=str(decision.reason)).inc()
@@ -182,6 +205,14 @@ async def handle_readyz(req: web.Request) -> web.Response:
     cert_ok = req.app[K_CERT].loaded if K_CERT in req.app else True
     synced = bool(getattr(req.app[K_SNAPSHOTS], "synced", True))
     if cert_ok and synced:
+        stale_for = getattr(req.app[K_SNAPSHOTS], "stale_for", lambda: None)()
+        if stale_for is not None:
+            # Still ready: answering from the last synced state beats sending every
+            # pod through failurePolicy; the text names the outage for operators.
+            error = getattr(req.app[K_SNAPSHOTS], "last_error", "")
+            return web.Response(
+                text=f"ready (degraded: snapshot cache stale for {stale_for:.0f}s: {error})\n"
+            )
         return web.Response(text="ready\n")
     why = [
         w
@@ -218,6 +249,7 @@ def make_app(
     serving_cert: ServingCert | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     cert_check_interval_s: float = 10.0,
+    body_read_timeout_s: float = BODY_READ_TIMEOUT_S,
 ) -> web.Application:
     app = web.Application(client_max_size=max_body_bytes)
     app[K_CONFIG] = config
@@ -225,6 +257,7 @@ def make_app(
     app[K_METRICS] = WebhookMetrics()
     app[K_MAX_BODY] = max_body_bytes
     app[K_CERT_INTERVAL] = cert_check_interval_s
+    app[K_BODY_TIMEOUT] = body_read_timeout_s
     if serving_cert is not None:
         app[K_CERT] = serving_cert
         app.cleanup_ctx.append(_watch_cert)
@@ -243,10 +276,20 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 
 async def serve(
-    app: web.Application, host: str, port: int, serving_cert: ServingCert, ready_file: str = ""
+    app: web.Application,
+    host: str,
+    port: int,
+    serving_cert: ServingCert,
+    ready_file: str = "",
+    keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S,
 ) -> None:
     """Serve over TLS until SIGTERM/SIGINT."""
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        keepalive_timeout=keepalive_timeout_s,
+        lingering_time=LINGERING_TIME_S,
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=serving_cert.context, backlog=512)
     await site.start()

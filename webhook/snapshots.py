@@ -10,6 +10,12 @@ Two views share one protocol, ``find_ready(key, namespace)``:
   index, so a slow API server never slows pod creation.
 
 A snapshot from another namespace is never returned.
+
+API server outage: a cache that has listed once keeps answering from its
+last state (stale but consistent; ``stale_for()`` says since when) and
+/readyz stays up but names the outage. A cache that never listed is not
+``synced``: /readyz fails and the decision skips auto/restore pods with
+``snapshots-not-synced`` (admitted as written) rather than guessing.
 """
 
 from __future__ import annotations
@@ -176,6 +182,7 @@ class ClusterSnapshots:
     WATCH_TIMEOUT_S = 300
     BACKOFF_S = (0.5, 1, 2, 5, 10)
     NO_CRD_RETRY_S = 10.0
+    REQUEST_TIMEOUT_S = 30.0  # a list, or a connect, that takes longer is an outage
 
     def __init__(self, api_client: Any) -> None:
         from kubernetes import client
@@ -185,11 +192,29 @@ class ClusterSnapshots:
         self.synced = False
         self.resource_version: str | None = None
         self.lists = 0  # full lists done (1 + re-lists after 410 Gone)
+        self.failing_since: float | None = None  # monotonic time of the first failed call
+        self.last_error = ""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def find_ready(self, key: str, namespace: str) -> SnapshotRef | None:
         return self.index.find_ready(key, namespace)
+
+    def stale_for(self) -> float | None:
+        """Seconds the API server has been unreachable, or None while it answers."""
+        since = self.failing_since
+        return None if since is None else time.monotonic() - since
+
+    def _ok(self) -> None:
+        if self.failing_since is not None:
+            log.info("snapshot watch reconnected after %.1fs", self.stale_for() or 0.0)
+        self.failing_since = None
+        self.last_error = ""
+
+    def _failed(self, error: Exception) -> None:
+        if self.failing_since is None:
+            self.failing_since = time.monotonic()
+        self.last_error = f"{type(error).__name__}: {error}"[:200]
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="snapshot-watch", daemon=True)
@@ -205,7 +230,9 @@ class ClusterSnapshots:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            listing = self._api.list_cluster_custom_object(*self._list_args())
+            listing = self._api.list_cluster_custom_object(
+                *self._list_args(), _request_timeout=self.REQUEST_TIMEOUT_S
+            )
         except ApiException as e:
             if e.status != 404:
                 raise
@@ -238,6 +265,9 @@ class ClusterSnapshots:
                 resource_version=self.resource_version,
                 timeout_seconds=self.WATCH_TIMEOUT_S,
                 allow_watch_bookmarks=True,
+                # A silent server (no FIN, e.g. a partition) must not hang the watch:
+                # the read times out a little after the server-side watch timeout.
+                _request_timeout=(self.REQUEST_TIMEOUT_S, self.WATCH_TIMEOUT_S + 30),
             ):
                 if self._stop.is_set():
                     return
@@ -265,17 +295,21 @@ class ClusterSnapshots:
             try:
                 if self.resource_version is None:
                     self.relist()
+                    self._ok()
                 self.watch_once()
+                self._ok()
                 failures = 0
             except Gone as e:
                 log.info("snapshot watch expired (%s); re-listing", e)
                 self.resource_version = None
             except NoCrd as e:
+                self._ok()
                 log.warning("%s; every pod gets checkpoint mode until it is", e)
                 self._stop.wait(self.NO_CRD_RETRY_S)
             except Exception as e:
                 delay = self.BACKOFF_S[min(failures, len(self.BACKOFF_S) - 1)]
                 failures += 1
+                self._failed(e)
                 log.warning("snapshot watch failed (%s); retrying in %ss", e, delay)
                 self._stop.wait(delay)
 

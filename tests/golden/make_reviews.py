@@ -337,6 +337,14 @@ case(
     "mode: restore and no Ready snapshot: left unchanged",
     review(deployment_pod(annotations={"thaw.dev/mode": "restore"})),
 )
+case(
+    "skip-snapshots-not-synced",
+    "auto mode while the Snapshot cache has never listed (API server unreachable since "
+    "start): admitted as written rather than guessing 'no snapshot'",
+    review(base),
+    snapshots=READY,
+)
+cases["skip-snapshots-not-synced"]["case"]["synced"] = False
 bad = deployment_pod()
 bad["spec"]["containers"][0]["command"] = "python3 -m vllm"
 case("skip-malformed-pod", "command is a string, not a list", review(bad))

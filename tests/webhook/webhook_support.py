@@ -14,7 +14,7 @@ from thaw import contract
 from webhook.config import InjectConfig, SidecarMode
 from webhook.decision import decide
 from webhook.server import admit, parse_review, review_response
-from webhook.snapshots import DirectorySnapshots, NoSnapshots
+from webhook.snapshots import ClusterSnapshots, DirectorySnapshots, NoSnapshots, SnapshotView
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 REGEN = os.environ.get("THAW_REGEN_GOLDEN") == "1"
@@ -54,8 +54,14 @@ def write_manifest(root: Path, name: str, key: str, namespace: str, created: str
     return folder
 
 
-def case_snapshots(case: dict[str, Any], root: Path) -> DirectorySnapshots:
-    """A real store directory holding the case's Ready snapshots for the pod's own key."""
+def case_snapshots(case: dict[str, Any], root: Path) -> SnapshotView:
+    """A real store directory holding the case's Ready snapshots for the pod's own key.
+
+    ``"synced": false`` cases get a Snapshot-object cache whose API server cannot
+    be reached and which therefore never listed.
+    """
+    if case["case"].get("synced") is False:
+        return unsynced_cluster_view()
     request = case["review"]["request"]
     ns = request["namespace"]
     key = decide(request["object"], ns, case_config(case), NoSnapshots()).key or "v1-none"
@@ -63,6 +69,17 @@ def case_snapshots(case: dict[str, Any], root: Path) -> DirectorySnapshots:
     for snap in case["case"]["snapshots"]:
         write_manifest(root, snap["name"], key, ns, snap["created"])
     return DirectorySnapshots(root)
+
+
+def unsynced_cluster_view() -> ClusterSnapshots:
+    """A cache pointed at the discard port (connection refused), never started."""
+    from kubernetes import client
+
+    cfg = client.Configuration()
+    cfg.host = "https://127.0.0.1:9"
+    view = ClusterSnapshots(client.ApiClient(cfg))
+    assert not view.synced
+    return view
 
 
 def run_case(case: dict[str, Any], store: Path) -> tuple[dict[str, Any], Any, Any]:

@@ -29,9 +29,28 @@ def generate_certs(out: Path, hosts: str = "127.0.0.1,localhost") -> Path:
 @contextlib.contextmanager
 def running_webhook(certs: Path, *extra: str) -> Iterator[int]:
     """Start the server on an ephemeral port; yield the port; SIGTERM it afterwards."""
+    with running_webhook_process(certs, *extra) as (port, _):
+        yield port
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a live process, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+@contextlib.contextmanager
+def running_webhook_process(
+    certs: Path, *extra: str, prefix: tuple[str, ...] = ()
+) -> Iterator[tuple[int, subprocess.Popen]]:
+    """As ``running_webhook``, also yielding the process (RSS, liveness);
+    ``prefix`` wraps the command (e.g. ``taskset -c 0``)."""
     port_file = certs.parent / f"port-{time.monotonic_ns()}"
     proc = subprocess.Popen(
         [
+            *prefix,
             *THAW,
             "webhook",
             "serve",
@@ -56,7 +75,7 @@ def running_webhook(certs: Path, *extra: str) -> Iterator[int]:
                 out = proc.stdout.read().decode() if proc.stdout else ""
                 raise RuntimeError(f"webhook did not start (rc={proc.poll()}):\n{out}")
             time.sleep(0.02)
-        yield int(port_file.read_text())
+        yield int(port_file.read_text()), proc
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

@@ -1,0 +1,32 @@
+"""``make demo`` stays true: the whole local flow runs and restores the same state."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.criu
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the demo's CRIU part needs root")
+def test_demo_checkpoints_and_restores_the_same_state():
+    out = subprocess.run(
+        [sys.executable, "-m", "thaw.cli", "demo", "--state-mb", "32", "--warmup-rounds", "200"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "replica 1 -> mode=checkpoint" in out.stdout
+    assert "replica 2 -> mode=restore snapshot=" in out.stdout
+    assert "[thaw-restore] restore-requested" in out.stdout
+    table = dict(
+        (cells[1].strip(), cells[2].strip())
+        for line in out.stdout.splitlines()
+        if (cells := line.split("|")) and len(cells) == 4
+    )
+    assert table["restored state == source state"] == "yes"
+    assert float(table["snapshot size"].split()[0]) > 32
