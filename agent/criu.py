@@ -141,8 +141,13 @@ def call(
     inherit_fds: list[dict] | None = None,
     timeout: float = 900,
     extra: dict | None = None,
+    pass_fds: tuple[int, ...] = (),
 ) -> dict:
-    """Run one dump/restore request through :mod:`agent.nsrun`; raise CriuFailed on failure."""
+    """Run one dump/restore request through :mod:`agent.nsrun`; raise CriuFailed on failure.
+
+    ``pass_fds`` are kept open in the helper (and CRIU under it): a per-pod lock passed
+    here stays held while an orphaned helper still runs after its agent died.
+    """
     req = {
         "action": action,
         "criu": spec.with_loader().to_dict(),
@@ -160,6 +165,7 @@ def call(
         capture_output=True,
         text=True,
         timeout=timeout,
+        pass_fds=pass_fds,
     )
     log_path = work_dir / log_file
     try:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import signal
 import socket
 import sys
 import traceback
@@ -171,7 +172,11 @@ def run_request(req: dict, fds: dict) -> dict:
         reply["errno"] = getattr(e, "errno", 0)
     finally:
         sock.close()
-        os.waitpid(swrk, 0)
+        _, status = os.waitpid(swrk, 0)
+    if os.WIFSIGNALED(status):  # pycriu only sees a closed socket; say what really happened
+        sig = signal.Signals(os.WTERMSIG(status)).name
+        reply["ok"] = False
+        reply["error"] = f"criu was killed by {sig} during the {req['action']}"
     return reply
 
 

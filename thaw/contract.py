@@ -78,6 +78,10 @@ class Signal(enum.StrEnum):
     RESTORE_FAILED = "restore-failed"
 
 
+# In the control dir: agents flock it per pod, so one checkpoint/restore runs at a time.
+AGENT_LOCK_FILE: Final = ".thaw-agent.lock"
+
+
 # --- Injected containers ----------------------------------------------------
 SIDECAR_CONTAINER: Final = "thaw-sidecar"
 RESTORE_CONTAINER: Final = "thaw-restore"

@@ -210,4 +210,8 @@ def _container_problem(c: Any) -> str:
             return f"{field} is not a list of objects"
     if not isinstance(c.get("resources") or {}, dict):
         return "resources is not an object"
+    for m in c.get("volumeMounts") or []:
+        # The snapshot key hashes and compares these; the API server requires both.
+        if not isinstance(m.get("name"), str) or not isinstance(m.get("mountPath"), str):
+            return "volumeMounts entry without a string name and mountPath"
     return ""

@@ -22,6 +22,7 @@ import contextlib
 import gc
 import json
 import logging
+import math
 import signal
 import time
 from typing import Any
@@ -62,7 +63,7 @@ class BadReview(ValueError):
 def parse_review(body: bytes) -> dict[str, Any]:
     """The ``request`` of a v1 AdmissionReview, with the fields we use type-checked."""
     try:
-        review = json.loads(body, parse_constant=_reject_constant)
+        review = json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as e:
         raise BadReview(f"body is not JSON: {e}") from None
     if not isinstance(review, dict):
@@ -90,6 +91,13 @@ def _reject_constant(name: str) -> Any:
     # Python's json accepts NaN/Infinity; JSON does not, and echoing one into a
     # patch would hand the API server a body it cannot parse.
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # e.g. 1e999: no JSON encoder can write it back
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
 
 
 def request_namespace(request: dict[str, Any]) -> str:

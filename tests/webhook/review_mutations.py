@@ -155,7 +155,9 @@ def mutations(seed: int = 7, per_review: int = 120) -> Iterator[Case]:
             elif op == 2:
                 bad = BAD_TEXT[i % len(BAD_TEXT)]
                 target = rng.choice(strings)
-                yield Case(f"{name}:text:{target}:{bad}", encode(replaced(review, target, bad)), None)
+                yield Case(
+                    f"{name}:text:{target}:{bad}", encode(replaced(review, target, bad)), None
+                )
             else:
                 bad = NON_FINITE[i % len(NON_FINITE)]
                 yield Case(f"{name}:nonfinite:{path}", encode(replaced(review, path, bad)), None)
@@ -183,7 +185,7 @@ def _has(doc: Any, path: Path_) -> bool:
 
 
 def check_answer(case: Case, status: int, payload: dict[str, Any]) -> str:
-    """"" when (status, payload) is a correct answer to ``case``, else what is wrong."""
+    """ "" when (status, payload) is a correct answer to ``case``, else what is wrong."""
     if status == 400 or status == 413:
         return "" if isinstance(payload.get("error"), str) and payload["error"] else "no error"
     if status != 200:
