@@ -21,6 +21,7 @@ CRIU options, chosen for inference workers (see README "Agent"):
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import platform
@@ -95,6 +96,20 @@ def stdio_links(pid: int) -> dict[str, str]:
     return out
 
 
+def no_space_reason(store: Store, error: BaseException) -> str:
+    """A "no space" prefix when the store's filesystem is full (so a person knows what to fix)."""
+    full = isinstance(error, OSError) and error.errno == errno.ENOSPC
+    full = full or "No space left" in str(error) or "ENOSPC" in str(error)
+    try:
+        st = os.statvfs(store.root)
+        free, total = st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+    except OSError:
+        free = total = -1
+    if not full and not 0 <= free < (1 << 20):
+        return ""
+    return f"no space left on the snapshot store {store.root} ({free} of {total} bytes free): "
+
+
 def checkpoint(
     pid: int,
     store: Store,
@@ -107,8 +122,12 @@ def checkpoint(
     steps: Sequence[Step] | None = None,
     spec: criu.CriuSpec | None = None,
     criu_version: str | None = None,
+    hold_fds: tuple[int, ...] = (),
 ) -> CheckpointResult:
-    """Dump the tree rooted at host pid ``pid`` and publish it into ``store``."""
+    """Dump the tree rooted at host pid ``pid`` and publish it into ``store``.
+
+    ``hold_fds`` (the agent's per-pod lock) stay open in the CRIU helper.
+    """
     t_start = time.monotonic()
     if spec is None or criu_version is None:
         spec, criu_version = criu.require(check_kernel=False)
@@ -121,7 +140,10 @@ def checkpoint(
     ns_pid = procfs.ns_pids(pid)[-1]
     contained = in_own_namespaces(pid)
     steps = default_steps() if steps is None else list(steps)
-    staging = store.new_staging(name)
+    try:
+        staging = store.new_staging(name)
+    except OSError as e:
+        raise CheckpointError(f"{no_space_reason(store, e)}cannot create staging: {e}") from e
     work = Path(tempfile.mkdtemp(prefix="thaw-dump-"))
     ctx = DumpContext(host_pid=pid, ns_pid=ns_pid, staging=staging)
     timings = ctx.timings
@@ -153,15 +175,16 @@ def checkpoint(
                 log_file="dump.log",
                 opts={**DUMP_OPTS, "pid": ns_pid, "leave_running": leave_running},
                 ns_pid=pid if contained else None,
+                pass_fds=hold_fds,
             )
         except criu.CriuFailed as e:
             if not procfs.alive(pid):
                 raise CheckpointError(f"process {pid} exited during the checkpoint: {e}") from e
-            raise CheckpointError(str(e)) from e
+            raise CheckpointError(f"{no_space_reason(store, e)}{e}") from e
         timings["criu_dump_s"] = time.monotonic() - t
         ok = True
     except (OSError, StoreError) as e:
-        raise CheckpointError(f"checkpoint of {pid} failed: {e}") from e
+        raise CheckpointError(f"{no_space_reason(store, e)}checkpoint of {pid} failed: {e}") from e
     finally:
         t = time.monotonic()
         after_errors = []
@@ -206,8 +229,9 @@ def checkpoint(
         path = store.publish(staging, manifest)
         timings["publish_s"] = time.monotonic() - t
     except Exception as e:
+        reason = no_space_reason(store, e)  # before discard frees the space again
         store.discard(staging)
-        raise CheckpointError(f"publishing snapshot {name} failed: {e}") from e
+        raise CheckpointError(f"{reason}publishing snapshot {name} failed: {e}") from e
     finally:
         shutil.rmtree(work, ignore_errors=True)
     timings["total_s"] = time.monotonic() - t_start

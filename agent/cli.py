@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
 from pathlib import Path
+
+from thaw.contract import ENV_RETENTION_MAX_AGE_HOURS, ENV_RETENTION_MAX_PER_KEY
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kubeconfig", default=None, help="default: in-cluster, then ~/.kube/config")
     p.add_argument("--dump-workers", type=int, default=2)
     p.add_argument("--restore-workers", type=int, default=4)
+    p.add_argument(
+        "--retention-max-per-key",
+        type=int,
+        default=None,
+        help=f"keep this many snapshots per key (default: ${ENV_RETENTION_MAX_PER_KEY} or all)",
+    )
+    p.add_argument(
+        "--retention-max-age-hours",
+        type=float,
+        default=None,
+        help=f"drop snapshots older than this (default: ${ENV_RETENTION_MAX_AGE_HOURS} or never)",
+    )
     p.set_defaults(func=cmd_agent_run)
     p = asub.add_parser("doctor", help="check that CRIU >= 4 is installed and works here")
     p.set_defaults(func=cmd_doctor)
@@ -172,8 +187,17 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_agent_run(args: argparse.Namespace) -> int:
     from agent.criu import CriuMissing
     from agent.daemon import Agent, run_forever
+    from agent.retention import Retention
     from agent.store import Store
 
+    try:
+        retention = Retention.from_env()
+    except ValueError as e:
+        return _fail(str(e), 2)
+    if args.retention_max_per_key is not None:
+        retention = dataclasses.replace(retention, max_per_key=args.retention_max_per_key)
+    if args.retention_max_age_hours is not None:
+        retention = dataclasses.replace(retention, max_age_hours=args.retention_max_age_hours)
     if args.local:
         from agent.local import LocalPods, LocalSink
 
@@ -198,6 +222,7 @@ def cmd_agent_run(args: argparse.Namespace) -> int:
             node=node,
             dump_workers=args.dump_workers,
             restore_workers=args.restore_workers,
+            retention=retention,
         )
     except CriuMissing as e:
         return _fail(str(e))

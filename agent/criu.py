@@ -173,7 +173,10 @@ def call(
     except ValueError:
         reply = {"ok": False, "error": f"helper exited {proc.returncode}: {proc.stderr[-2000:]}"}
     if not reply.get("ok"):
-        detail = "; ".join(log_errors(log_path)) or reply.get("error", "unknown error")
+        error = str(reply.get("error", "unknown error"))
+        detail = "; ".join(log_errors(log_path)) or error
+        if error.startswith("criu was killed") and error not in detail:
+            detail = f"{error}; {detail}"
         kept = keep_log(log_path, action)
         where = f" (log: {kept})" if kept else ""
         raise CriuFailed(f"criu {action} failed: {detail}{where}", kept)

@@ -23,6 +23,7 @@ from agent import criu, procfs
 from agent.checkpoint import CheckpointError, checkpoint
 from agent.pods import PodRef, PodSource, SnapshotSink
 from agent.restore import RestoreError, restore
+from agent.retention import Retention, prune
 from agent.store import SnapshotInvalid, Store, StoreError, new_name, verify
 from thaw.contract import InjectedMode, Signal, Source
 
@@ -40,8 +41,10 @@ class Agent:
         dump_workers: int = 2,
         restore_workers: int = 4,
         poll_s: float = 0.1,
+        retention: Retention | None = None,
     ) -> None:
         self.source, self.sink, self.store, self.node = source, sink, store, node
+        self.retention = retention or Retention()
         self.spec, self.criu_version = criu.require(check_kernel=True)
         removed = store.clean_stale()
         if removed:
@@ -159,6 +162,8 @@ class Agent:
         log.info("%s: snapshot %s ready (%d bytes)", pod.ident, name, result.bytes)
         self.sink.checkpoint_ready(pod, name, summary)
         self._signal_source(pod, {"ok": True, "snapshot": name, **summary})
+        for old in prune(self.store, self.retention, key=pod.key or pod.name, keep=name):
+            self.sink.snapshot_deleted(pod, old)
 
     @staticmethod
     def _signal_source(pod: PodRef, payload: dict) -> None:

@@ -291,3 +291,12 @@ class KubeSink:
             f"thaw: cold start, restore of {name} failed: {reason}",
             warning=True,
         )
+
+    def snapshot_deleted(self, pod: PodRef, name: str) -> None:
+        try:
+            self._co.delete_namespaced_custom_object(
+                contract.CRD_GROUP, contract.CRD_VERSION, pod.namespace, contract.CRD_PLURAL, name
+            )
+        except Exception as e:  # already gone, or never created (local store only)
+            log.info("deleting Snapshot %s/%s: %s", pod.namespace, name, e)
+        self.event(pod, "SnapshotDeleted", f"thaw: snapshot {name} removed by retention")

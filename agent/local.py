@@ -97,6 +97,9 @@ class LocalSink:
     def restore_failed(self, pod: PodRef, name: str, reason: str) -> None:
         self._emit(pod, "RestoreFailed", name, reason=reason)
 
+    def snapshot_deleted(self, pod: PodRef, name: str) -> None:
+        self._emit(pod, "Deleted", name, reason="retention")
+
 
 def read_events(root: str | Path, pod: str) -> list[dict]:
     path = Path(root) / pod / EVENTS_FILE

@@ -173,7 +173,9 @@ def run_request(req: dict, fds: dict) -> dict:
     finally:
         sock.close()
         _, status = os.waitpid(swrk, 0)
-    if os.WIFSIGNALED(status):  # pycriu only sees a closed socket; say what really happened
+    if not reply["ok"] and os.WIFSIGNALED(
+        status
+    ):  # pycriu only sees a closed socket; say what really happened
         sig = signal.Signals(os.WTERMSIG(status)).name
         reply["ok"] = False
         reply["error"] = f"criu was killed by {sig} during the {req['action']}"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import signal
@@ -27,10 +28,16 @@ from pathlib import Path
 
 import pycriu.rpc_pb2 as rpc
 
-from agent import criu, procfs
+from agent import criu, leftovers, procfs
 from agent.steps import RestoreContext, Step, default_steps
 from agent.store import SnapshotInvalid, verify
-from thaw.contract import CRIU_IMAGES_DIR, PROCESS_INFO_FILE, ROOTFS_DIFF_FILE, Manifest
+from thaw.contract import (
+    CRIU_IMAGES_DIR,
+    MANIFEST_FILE,
+    PROCESS_INFO_FILE,
+    ROOTFS_DIFF_FILE,
+    Manifest,
+)
 
 RESTORE_OPTS = {
     "shell_job": True,
@@ -39,6 +46,9 @@ RESTORE_OPTS = {
     "tcp_close": True,
     "network_lock": rpc.SKIP,
 }
+
+
+log = logging.getLogger(__name__)
 
 
 class RestoreError(RuntimeError):
@@ -83,6 +93,10 @@ def stdio_inherits(folder: Path, target: int) -> list[dict]:
     return out
 
 
+def _vanished(folder: Path, detail: str) -> str:
+    return f"snapshot {folder.name} disappeared during the restore (deleted after verify): {detail}"
+
+
 def restore(
     folder: Path,
     *,
@@ -91,8 +105,17 @@ def restore(
     spec: criu.CriuSpec | None = None,
     criu_version: str | None = None,
     verified: Manifest | None = None,
+    hold_fds: tuple[int, ...] = (),
+    clear_leftovers: bool = False,
 ) -> RestoreResult:
-    """Restore the snapshot at ``folder``; ``into`` is the placeholder's host pid."""
+    """Restore the snapshot at ``folder``; ``into`` is the placeholder's host pid.
+
+    If it fails after CRIU started, whatever CRIU created in ``into`` is killed: the
+    placeholder then cold-starts alone. ``clear_leftovers`` (the agent, retrying a pod
+    whose earlier attempt was cut off) first kills what holds the snapshot's pids in
+    ``into``: in a placeholder only such an attempt can. ``hold_fds`` stay open in the
+    CRIU helper (the agent's per-pod lock).
+    """
     t_start = time.monotonic()
     folder = Path(folder)
     if spec is None or criu_version is None:
@@ -108,6 +131,15 @@ def restore(
         raise RestoreError(f"placeholder process {into} does not exist")
     ctx = RestoreContext(manifest=verified, folder=folder, into=into, timings=timings)
     steps = default_steps() if steps is None else list(steps)
+    pids = leftovers.tree_pids(folder / CRIU_IMAGES_DIR, verified.root_pid)
+    if into is not None and clear_leftovers:
+        try:
+            killed = leftovers.kill_leftovers(into, pids)
+        except TimeoutError as e:
+            raise RestoreError(f"cannot clear an earlier attempt: {e}") from e
+        if killed:
+            log.warning("killed %d leftover task(s) of an earlier restore in %d", len(killed), into)
+    before = {leftovers.identity(p) for p in leftovers.ns_members(into)} if into else set()
     work = Path(tempfile.mkdtemp(prefix="thaw-restore-"))
     try:
         t = time.monotonic()
@@ -116,7 +148,10 @@ def restore(
         timings["steps_before_restore_s"] = time.monotonic() - t
 
         diff = folder / ROOTFS_DIFF_FILE
-        if into is not None and diff.is_file():
+        has_diff = any(f.path == ROOTFS_DIFF_FILE for f in verified.files)
+        if into is not None and has_diff:
+            if not diff.is_file():
+                raise RestoreError(_vanished(folder, ROOTFS_DIFF_FILE))
             t = time.monotonic()
             try:
                 criu.call(
@@ -128,8 +163,11 @@ def restore(
                     opts={},
                     ns_pid=into,
                     extra={"tar": str(diff)},
+                    pass_fds=hold_fds,
                 )
             except criu.CriuFailed as e:
+                if not (folder / MANIFEST_FILE).is_file():
+                    raise RestoreError(_vanished(folder, str(e))) from e
                 raise RestoreError(f"applying the rootfs changes failed: {e}") from e
             timings["rootfs_apply_s"] = time.monotonic() - t
 
@@ -145,8 +183,11 @@ def restore(
                 opts=dict(RESTORE_OPTS),
                 ns_pid=into,
                 inherit_fds=inherit,
+                pass_fds=hold_fds,
             )
         except criu.CriuFailed as e:
+            if not (folder / MANIFEST_FILE).is_file():
+                raise RestoreError(_vanished(folder, str(e))) from e
             raise RestoreError(str(e)) from e
         timings["criu_restore_s"] = time.monotonic() - t
         ns_pid = int(reply["pid"])
@@ -164,6 +205,11 @@ def restore(
                 os.kill(host_pid, signal.SIGKILL)  # never leave a half-restored worker behind
             raise RestoreError(f"post-restore step failed, restored tree killed: {e}") from e
         timings["steps_after_restore_s"] = time.monotonic() - t
+    except BaseException:
+        if into is not None:  # never leave half-restored tasks beside the cold start
+            with contextlib.suppress(OSError, TimeoutError):
+                leftovers.kill_leftovers(into, pids, spare=before)
+        raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
     timings["total_s"] = time.monotonic() - t_start

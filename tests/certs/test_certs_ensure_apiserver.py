@@ -8,9 +8,9 @@ import subprocess
 import sys
 
 import pytest
-from certs_kube_plane import control_plane
 
 from certs import incluster, lease, pki, rotation
+from tests.support.kube_plane import api_client
 from webhook.configuration import mutating_webhook_configuration
 
 pytestmark = pytest.mark.apiserver
@@ -18,16 +18,15 @@ NS = "thaw-system"
 
 
 @pytest.fixture(scope="module")
-def plane(tmp_path_factory):
-    from kubernetes import client, config
+def plane(kube_plane):
+    from kubernetes import client
 
-    for p in control_plane(tmp_path_factory.mktemp("plane")):
-        api = config.new_client_from_config(config_file=str(p.kubeconfig))
-        client.CoreV1Api(api).create_namespace({"metadata": {"name": NS}})
-        client.AdmissionregistrationV1Api(api).create_mutating_webhook_configuration(
-            mutating_webhook_configuration(NS)
-        )
-        yield p, api
+    api = api_client(kube_plane)
+    client.CoreV1Api(api).create_namespace({"metadata": {"name": NS}})
+    client.AdmissionregistrationV1Api(api).create_mutating_webhook_configuration(
+        mutating_webhook_configuration(NS)
+    )
+    yield kube_plane, api
 
 
 def ensure(kubeconfig, *extra):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from kube_plane import CRD_FILE, control_plane, running_plane
 
+from tests.support.kube_plane import api_client, install_crd, running_plane
 from thaw import contract
 
 pytestmark = pytest.mark.apiserver
@@ -15,24 +15,14 @@ GVP = (contract.CRD_GROUP, contract.CRD_VERSION)
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory):
-    from kubernetes import client, config
+def api(kube_plane):
+    from kubernetes import client
 
-    for plane in control_plane(tmp_path_factory.mktemp("plane")):
-        plane.kubectl("apply", "-f", str(CRD_FILE))
-        api = config.new_client_from_config(config_file=str(plane.kubeconfig))
-        ext = client.ApiextensionsV1Api(api)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            crd = ext.read_custom_resource_definition(contract.CRD_NAME)
-            if any(
-                c.type == "Established" and c.status == "True" for c in crd.status.conditions or []
-            ):
-                break
-            time.sleep(0.1)
-        for ns in ("ml", "other"):
-            client.CoreV1Api(api).create_namespace({"metadata": {"name": ns}})
-        yield api
+    install_crd(kube_plane)
+    api = api_client(kube_plane)
+    for ns in ("ml", "other"):
+        client.CoreV1Api(api).create_namespace({"metadata": {"name": ns}})
+    yield api
 
 
 def wait_for(cond, timeout=10.0):
@@ -42,15 +32,15 @@ def wait_for(cond, timeout=10.0):
         time.sleep(0.05)
 
 
-def create(api, ns, name, phase=None):
+def create(api, ns, name, phase=None, key=KEY):
     from kubernetes import client
 
     co = client.CustomObjectsApi(api)
     body = {
         "apiVersion": contract.CRD_API_VERSION,
         "kind": contract.CRD_KIND,
-        "metadata": {"name": name, "labels": {contract.LABEL_SNAPSHOT_KEY: KEY}},
-        "spec": {contract.SPEC_KEY: KEY, contract.SPEC_ARTIFACT: name},
+        "metadata": {"name": name, "labels": {contract.LABEL_SNAPSHOT_KEY: key}},
+        "spec": {contract.SPEC_KEY: key, contract.SPEC_ARTIFACT: name},
     }
     co.create_namespaced_custom_object(*GVP, ns, contract.CRD_PLURAL, body)
     if phase:

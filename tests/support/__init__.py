@@ -1,0 +1,1 @@
+"""Helpers shared by several test suites (one copy, imported as ``tests.support.*``)."""
