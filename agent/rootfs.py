@@ -80,6 +80,14 @@ def _is_opaque(path: str) -> bool:
         return False
 
 
+def _check_inside(root: str, dest: str) -> None:
+    """Deletions replayed by hand must not follow a symlinked parent out of ``root``."""
+    real_root = os.path.realpath(root)
+    parent = os.path.realpath(os.path.dirname(dest))
+    if parent != real_root and not parent.startswith(real_root.rstrip("/") + "/"):
+        raise ValueError(f"rootfs diff entry {dest!r} goes through a link outside the root")
+
+
 def _remove(path: str) -> None:
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path)
@@ -87,23 +95,38 @@ def _remove(path: str) -> None:
         os.unlink(path)
 
 
+def _safe_rel(name: str) -> str:
+    """The member's path relative to the root; never one that climbs out of it.
+
+    The tar filter guards extraction, but whiteouts and opaque dirs are replayed by
+    hand, so their names are checked here (the chroot of the untar is a second wall).
+    """
+    rel = os.path.normpath(name.lstrip("/"))
+    if "\0" in name or rel == ".." or rel.startswith("../") or os.path.isabs(rel):
+        raise ValueError(f"rootfs diff entry {name!r} points outside the container root")
+    return rel
+
+
 def apply(tar_fd: int, root: str = "/") -> int:
     """Unpack a captured diff into ``root`` (run inside the target's mount ns and root)."""
     count = 0
     with os.fdopen(os.dup(tar_fd), "rb") as raw, tarfile.open(fileobj=raw, mode="r:") as tar:
         for member in tar:
-            rel = member.name.lstrip("/")
+            rel = _safe_rel(member.name)
             if _skip(rel):
                 continue
             dest = os.path.join(root, rel)
             if member.pax_headers.get(WHITEOUT):
+                _check_inside(root, dest)
                 _remove(dest)
                 count += 1
                 continue
             if member.isdir() and member.pax_headers.get(OPAQUE) and os.path.isdir(dest):
+                _check_inside(root, os.path.join(dest, "x"))
                 for child in os.listdir(dest):
                     _remove(os.path.join(dest, child))
             if not member.isdir() and os.path.lexists(dest):
+                _check_inside(root, dest)
                 _remove(dest)
             tar.extract(member, root, filter="tar")
             count += 1

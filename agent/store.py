@@ -53,7 +53,7 @@ class SnapshotInvalid(StoreError):
 
 
 def validate_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME_RE.match(name) or ".." in name:
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or ".." in name:
         raise StoreError(
             f"invalid snapshot name {name!r}: use lowercase letters, digits, '-' and '.' "
             "(a Kubernetes object name); no '/', no '..'"
@@ -62,7 +62,7 @@ def validate_name(name: str) -> str:
 
 
 def validate_key(key: str) -> str:
-    if not isinstance(key, str) or not _KEY_RE.match(key) or ".." in key:
+    if not isinstance(key, str) or not _KEY_RE.fullmatch(key) or ".." in key:
         raise StoreError(f"invalid snapshot key {key!r}: letters, digits, '.', '_', '-' only")
     return key
 
@@ -135,6 +135,8 @@ class Store:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).absolute()
         self.staging_root = self.root / STORE_STAGING_DIR
+        if self.staging_root.is_symlink():  # writes would land wherever it points
+            raise StoreError(f"{self.staging_root} is a symlink; refusing to write through it")
         self.staging_root.mkdir(parents=True, exist_ok=True)
 
     # --- names -> paths, never escaping the root -------------------------
@@ -153,7 +155,11 @@ class Store:
         d = self.staging_root / f"{name}.{secrets.token_hex(4)}"
         d.mkdir()
         owner = {"pid": os.getpid(), "boot_id": _boot_id(), "host": platform.node()}
-        (d / OWNER_FILE).write_text(json.dumps(owner))
+        try:
+            (d / OWNER_FILE).write_text(json.dumps(owner))
+        except OSError:  # e.g. the store is full: leave nothing behind
+            shutil.rmtree(d, ignore_errors=True)
+            raise
         return d
 
     def publish(self, staging: Path, manifest: Manifest) -> Path:
@@ -212,7 +218,7 @@ class Store:
         for entry in sorted(self.root.iterdir()):
             if entry.name == STORE_STAGING_DIR or entry.is_symlink() or not entry.is_dir():
                 continue
-            if _NAME_RE.match(entry.name) and (entry / MANIFEST_FILE).is_file():
+            if _NAME_RE.fullmatch(entry.name) and (entry / MANIFEST_FILE).is_file():
                 out.append(entry.name)
         return out
 
@@ -289,18 +295,23 @@ def verify(folder: Path, criu_version: str | None = None, check_compat: bool = T
         if p.is_absolute() or ".." in p.parts or f.path in _NOT_LISTED:
             raise SnapshotInvalid(f"{folder.name}: manifest lists an unsafe path {f.path!r}")
         listed[f.path] = f
-    present = set(snapshot_files(folder))
-    missing = sorted(set(listed) - present)
-    extra = sorted(present - set(listed))
-    if missing:
-        raise SnapshotInvalid(f"{folder.name}: missing files {missing[:5]}")
-    if extra:
-        raise SnapshotInvalid(f"{folder.name}: files not in the manifest {extra[:5]}")
-    for rel, f in listed.items():
-        size = (folder / rel).stat().st_size
-        if size != f.size:
-            raise SnapshotInvalid(f"{folder.name}: {rel} is {size} bytes, manifest says {f.size}")
-    digests = sha256_many([folder / r for r in listed])
+    try:
+        present = set(snapshot_files(folder))
+        missing = sorted(set(listed) - present)
+        extra = sorted(present - set(listed))
+        if missing:
+            raise SnapshotInvalid(f"{folder.name}: missing files {missing[:5]}")
+        if extra:
+            raise SnapshotInvalid(f"{folder.name}: files not in the manifest {extra[:5]}")
+        for rel, f in listed.items():
+            size = (folder / rel).stat().st_size
+            if size != f.size:
+                raise SnapshotInvalid(
+                    f"{folder.name}: {rel} is {size} bytes, manifest says {f.size}"
+                )
+        digests = sha256_many([folder / r for r in listed])
+    except OSError as e:  # deleted or replaced while we looked: not a snapshot to trust
+        raise SnapshotInvalid(f"{folder.name}: changed while being verified: {e}") from None
     for rel, f in sorted(listed.items()):
         if digests[folder / rel][1] != f.sha256:
             raise SnapshotInvalid(f"{folder.name}: {rel} checksum mismatch (corrupt artifact)")

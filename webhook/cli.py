@@ -37,6 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:
             "--store-claim", default=DEFAULT_STORE_CLAIM, help="PVC of the artifact store"
         )
         p.add_argument(
+            "--store-host-path",
+            default="",
+            metavar="PATH",
+            help="single-node store: mount this host folder instead of the PVC",
+        )
+        p.add_argument(
             "--restore-timeout",
             type=int,
             default=DEFAULT_RESTORE_TIMEOUT_S,
@@ -94,6 +100,7 @@ def _config(args: argparse.Namespace):
         sidecar_mode=SidecarMode(args.sidecar_mode),
         own_namespace=args.namespace,
         store_claim=args.store_claim,
+        store_host_path=args.store_host_path,
         restore_timeout_s=args.restore_timeout,
     )
 

@@ -31,6 +31,7 @@ class InjectConfig:
     sidecar_mode: SidecarMode = SidecarMode.NATIVE
     own_namespace: str = "thaw-system"
     store_claim: str = DEFAULT_STORE_CLAIM
+    store_host_path: str = ""  # set: the store is this node folder (hostPath), not the PVC
     restore_timeout_s: int = DEFAULT_RESTORE_TIMEOUT_S
 
     @property

@@ -46,6 +46,19 @@ def restore_init_container(
     }
 
 
+def store_volume(config: InjectConfig) -> dict:
+    """The artifact store: a shared PVC, or (single node) the agent's host folder."""
+    if config.store_host_path:
+        return {
+            "name": contract.STORE_VOLUME,
+            "hostPath": {"path": config.store_host_path, "type": "Directory"},
+        }
+    return {
+        "name": contract.STORE_VOLUME,
+        "persistentVolumeClaim": {"claimName": config.store_claim, "readOnly": True},
+    }
+
+
 def apply_restore_mode(
     pod: dict[str, Any], decision: Decision, config: InjectConfig
 ) -> dict[str, Any]:
@@ -57,12 +70,7 @@ def apply_restore_mode(
 
     spec = pod["spec"]
     pod["metadata"]["annotations"][contract.ANNOTATION_SNAPSHOT] = decision.snapshot.name
-    spec["volumes"].append(
-        {
-            "name": contract.STORE_VOLUME,
-            "persistentVolumeClaim": {"claimName": config.store_claim, "readOnly": True},
-        }
-    )
+    spec["volumes"].append(store_volume(config))
     # Right after the native sidecar, before the user's own init containers.
     inits = spec.get("initContainers") or []
     at = 1 if config.sidecar_mode is SidecarMode.NATIVE else 0

@@ -281,6 +281,13 @@ case(
     {"sidecar_mode": "container", "store_claim": "shared-store"},
     snapshots=[*READY, {"name": "llm-old", "created": "2026-11-01T00:00:00Z"}],
 )
+case(
+    "restore-host-path-store",
+    "Ready snapshot, single-node store: the agent's host folder instead of the PVC",
+    review(base),
+    {"sidecar_mode": "container", "store_host_path": "/var/lib/thaw/snapshots"},
+    snapshots=READY,
+)
 case("skip-no-opt-in", "no thaw.dev/enabled label", review(deployment_pod(labels={"app": "llm"})))
 case(
     "skip-mode-off",
