@@ -42,6 +42,7 @@ demo: install
 
 bench: install
 	$(BIN)/python bench/webhook_latency.py
+	$(BIN)/python bench/webhook_load.py
 	$(BIN)/python bench/agent_restore.py
 
 clean:

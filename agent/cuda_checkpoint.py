@@ -378,6 +378,9 @@ class CudaCheckpointStep:
         if not self.pids:
             return []
         self.gpus = process_visible_gpus(root_pid, driver.gpus())
+        if self.state_dir is not None and not self._files_supported(driver):
+            log.info("custom-storage checkpoint unsupported here: GPU memory goes through CRIU")
+            self.state_dir = None
         locked: list[int] = []
         checkpointed: list[int] = []
         try:
@@ -422,6 +425,8 @@ class CudaCheckpointStep:
         if not snapshot_gpus:
             return []
         driver = self.driver_factory()
+        if self.state_dir is not None and not self._state_file(0).exists():
+            self.state_dir = None  # snapshot taken without GPU state files: host path
         plan = plan_gpu_mapping(snapshot_gpus, driver.gpus())
         pairs = uuid_pairs(plan)
         t0 = time.monotonic()
@@ -445,6 +450,12 @@ class CudaCheckpointStep:
     def _state_file(self, n: int) -> Path:
         assert self.state_dir is not None
         return self.state_dir / f"gpu-{n}.bin"
+
+    @staticmethod
+    def _files_supported(driver: CudaDriver) -> bool:
+        from agent.gpu_storage import supported
+
+        return supported(driver)
 
     @staticmethod
     def _files(driver: CudaDriver) -> Any:

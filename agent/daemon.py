@@ -11,11 +11,13 @@ never silence: on any error the placeholder execs the original command.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,8 +26,9 @@ from agent.checkpoint import CheckpointError, checkpoint
 from agent.pods import PodRef, PodSource, SnapshotSink
 from agent.restore import RestoreError, restore
 from agent.retention import Retention, prune
+from agent.steps import Step
 from agent.store import SnapshotInvalid, Store, StoreError, new_name, verify
-from thaw.contract import InjectedMode, Signal, Source
+from thaw.contract import AGENT_LOCK_FILE, InjectedMode, Signal, Source
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,7 @@ class Agent:
         restore_workers: int = 4,
         poll_s: float = 0.1,
         retention: Retention | None = None,
+        steps: Callable[[], list[Step]] | None = None,
     ) -> None:
         self.source, self.sink, self.store, self.node = source, sink, store, node
         self.retention = retention or Retention()
@@ -56,6 +60,7 @@ class Agent:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.poll_s = poll_s
+        self.steps = steps  # a fresh step list per operation; None: the default steps
 
     # --- loop -------------------------------------------------------------------
     def run(self) -> None:
@@ -109,10 +114,17 @@ class Agent:
             if task in self._busy or task in self._done:
                 return
             self._busy.add(task)
+        wanted = self._wants_checkpoint if what == "checkpoint" else self._wants_restore
 
         def run() -> None:
             try:
-                fn(pod)
+                with self.pod_lock(pod) as lock_fd:
+                    if lock_fd is None:  # the agent is stopping
+                        return
+                    if not wanted(pod):  # another agent did it while we waited
+                        log.info("%s: %s already done by another agent", pod.ident, what)
+                        return
+                    fn(pod, lock_fd)
             except Exception:
                 log.exception("%s: %s crashed", pod.ident, what)
             finally:
@@ -121,6 +133,35 @@ class Agent:
                     self._done.add(task)
 
         pool.submit(run)
+
+    @contextlib.contextmanager
+    def pod_lock(self, pod: PodRef) -> Iterator[int | None]:
+        """Hold the pod's lock file (flock) for one checkpoint or restore.
+
+        Two agents serving the same pods (a restart overlapping the old one, two
+        ``--local`` agents) take turns per pod, and the second then sees the signal
+        the first wrote. The fd is passed on to the CRIU helper, so a helper that
+        outlives a killed agent keeps the pod locked until it has finished.
+        Yields the fd (-1: no lock file could be made), or None if the agent stops.
+        """
+        try:
+            fd = os.open(pod.control / AGENT_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:
+            log.warning("%s: no lock file (%s); going on unlocked", pod.ident, e)
+            yield -1
+            return
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if self._stop.wait(0.05):
+                        yield None
+                        return
+            yield fd
+        finally:
+            os.close(fd)  # releases the flock unless a live helper still holds it
 
     # --- checkpoint ---------------------------------------------------------------
     def worker_pid(self, pod: PodRef) -> int:
@@ -134,7 +175,11 @@ class Agent:
             )
         return kids[0]
 
-    def do_checkpoint(self, pod: PodRef) -> None:
+    @staticmethod
+    def _hold(lock_fd: int) -> tuple[int, ...]:
+        return (lock_fd,) if lock_fd >= 0 else ()
+
+    def do_checkpoint(self, pod: PodRef, lock_fd: int = -1) -> None:
         name = new_name(pod.key or pod.name)
         self.sink.checkpoint_started(pod, name)
         try:
@@ -150,6 +195,8 @@ class Agent:
                 source=Source(pod.namespace, pod.name, pod.container, self.node),
                 spec=self.spec,
                 criu_version=self.criu_version,
+                steps=self.steps() if self.steps else None,
+                hold_fds=self._hold(lock_fd),
             )
         except Exception as e:  # the source must always be told, so it resumes serving
             if not isinstance(e, (CheckpointError, StoreError, OSError)):
@@ -181,7 +228,7 @@ class Agent:
             raise StoreError(f"no snapshot for key {pod.key!r} in {self.store.root}")
         return name
 
-    def do_restore(self, pod: PodRef) -> None:
+    def do_restore(self, pod: PodRef, lock_fd: int = -1) -> None:
         assert pod.init_pid is not None
         name = pod.snapshot or "?"
         try:
@@ -195,6 +242,9 @@ class Agent:
                 spec=self.spec,
                 criu_version=self.criu_version,
                 verified=manifest,
+                steps=self.steps() if self.steps else None,
+                hold_fds=self._hold(lock_fd),
+                clear_leftovers=True,  # an earlier agent may have been cut off mid-restore
             )
         except Exception as e:  # whatever went wrong, the pod must cold-start, never hang
             if not isinstance(e, (RestoreError, SnapshotInvalid, StoreError, OSError)):

@@ -128,6 +128,10 @@ def apply(tar_fd: int, root: str = "/") -> int:
             if not member.isdir() and os.path.lexists(dest):
                 _check_inside(root, dest)
                 _remove(dest)
+            if member.islnk():  # the "tar" filter lets hard links name any host file
+                target = _safe_rel(member.linkname)
+                _check_inside(root, os.path.join(root, target))
+                member = member.replace(linkname=target, deep=False)
             tar.extract(member, root, filter="tar")
             count += 1
     return count

@@ -42,6 +42,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -350,6 +351,7 @@ class Bench:
         src = json.loads((results / "checkpointed.json").read_text())
         artifact = sum(p.stat().st_size for p in artifact_files(image))
         (image / "gpus.json").write_text(json.dumps([g.__dict__ for g in step.gpus]))
+        (image / "mapped-files.json").write_text(json.dumps(mapped_files(proc.pid)))
         external = ready.get("prefetch", [])
         (image / "external.json").write_text(json.dumps(external))
         external_bytes = sum(Path(p).stat().st_size for p in external)
@@ -408,6 +410,18 @@ class Bench:
                 target=prefetch, args=(external or files,), kwargs={"readers": self.args.readers}
             )
             fetcher.start()
+        elif how == "trickle":  # the weights stream in with few readers, leaving CRIU the disk
+            fetcher = threading.Thread(
+                target=prefetch, args=(external or files,), kwargs={"readers": 2}
+            )
+            fetcher.start()
+        elif how == "stream":  # one ordered stream: CRIU's images (it reads behind), then weights
+            fetcher = threading.Thread(
+                target=prefetch, args=(files + external,), kwargs={"readers": 4}
+            )
+            fetcher.start()
+            warm = threading.Thread(target=warm_metadata, args=(image,))
+            warm.start()
         m1 = time.monotonic()
         rest = subprocess.run(
             self.criu.argv("restore", "-D", str(image), "-o", f"restore-{how}.log",
@@ -521,7 +535,7 @@ class Bench:
             kill(proc.pid)
             if weights not in checkpoints:
                 continue
-            for how in a.restore_modes:
+            for how in a.keep_modes if weights == "keep" else a.restore_modes:
                 try:
                     restores.append(self.restore(image, control, results, how))
                 except Exception as e:
@@ -589,6 +603,29 @@ class Bench:
             }
             shutil.rmtree(plain_image, ignore_errors=True)
         return r
+
+
+def mapped_files(pid: int) -> list[str]:
+    """Files the process maps: CRIU reopens each on restore (cold metadata costs time)."""
+    seen: dict[str, None] = {}
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+            parts = line.split(None, 5)
+            if len(parts) == 6 and parts[5].startswith("/") and not parts[5].endswith(")"):
+                seen[parts[5]] = None
+    return list(seen)
+
+
+def warm_metadata(image: Path) -> None:
+    """Open every mapped file once, in parallel, so CRIU's opens find dentries and inodes."""
+    paths = json.loads((image / "mapped-files.json").read_text())
+
+    def touch(p: str) -> None:
+        with contextlib.suppress(OSError):
+            os.close(os.open(p, os.O_RDONLY))
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(touch, paths))
 
 
 def _read(path: str) -> str:
@@ -705,7 +742,14 @@ def main() -> None:
     r.add_argument("--readers", type=int, default=16)
     r.add_argument("--small", action="store_true", help="tiny model: a smoke test of the pipeline")
     r.add_argument("--no-kv-plain", dest="kv_plain", action="store_false")
-    r.add_argument("--restore-modes", nargs="+", default=["direct", "prefetch", "overlap"])
+    modes = ("direct", "prefetch", "overlap", "trickle", "stream")
+    r.add_argument(
+        "--restore-modes",
+        nargs="+",
+        choices=modes,
+        default=["direct", "stream", "trickle", "overlap"],
+    )
+    r.add_argument("--keep-modes", nargs="+", choices=modes, default=["direct"])
     r.add_argument("--weights", nargs="+", default=["keep", "release"], choices=("keep", "release"))
     r.add_argument("--diagnose", action="store_true", help="an extra restore with CRIU -v4")
     args = parser.parse_args()

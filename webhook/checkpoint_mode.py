@@ -45,7 +45,13 @@ def wire_pod(
 ) -> dict[str, Any]:
     """Steps shared by both modes; mutates ``pod`` (a private copy) and returns the target."""
     meta, spec = pod.setdefault("metadata", {}), pod["spec"]
-    annotations = meta.get("annotations") or {}
+    # Which snapshot a pod restores is the webhook's choice alone: a value the
+    # pod's author wrote is dropped here (restore mode then sets its own).
+    annotations = {
+        k: v
+        for k, v in (meta.get("annotations") or {}).items()
+        if k != contract.ANNOTATION_SNAPSHOT
+    }
     meta["annotations"] = {
         **annotations,
         contract.ANNOTATION_INJECTED: str(mode),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
@@ -28,3 +28,19 @@ class WebhookMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.snapshots_synced = Gauge(
+            "thaw_webhook_snapshot_cache_synced",
+            "1 once the Snapshot cache has listed (0: auto/restore pods are skipped).",
+            registry=self.registry,
+        )
+        self.snapshots_stale = Gauge(
+            "thaw_webhook_snapshot_cache_stale_seconds",
+            "How long the API server has been unreachable for the Snapshot cache (0: fine).",
+            registry=self.registry,
+        )
+
+    def watch_snapshot_view(self, view: object) -> None:
+        """Read the gauges from the view at scrape time (no background updates needed)."""
+        self.snapshots_synced.set_function(lambda: float(bool(getattr(view, "synced", True))))
+        stale_for = getattr(view, "stale_for", None)
+        self.snapshots_stale.set_function(lambda: float((stale_for and stale_for()) or 0.0))

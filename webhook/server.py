@@ -263,6 +263,7 @@ def make_app(
     app[K_CONFIG] = config
     app[K_SNAPSHOTS] = snapshots
     app[K_METRICS] = WebhookMetrics()
+    app[K_METRICS].watch_snapshot_view(snapshots)
     app[K_MAX_BODY] = max_body_bytes
     app[K_CERT_INTERVAL] = cert_check_interval_s
     app[K_BODY_TIMEOUT] = body_read_timeout_s

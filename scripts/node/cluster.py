@@ -68,6 +68,68 @@ def _pdeathsig() -> None:
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+def _cgroup_tree(root: str) -> list[Path]:
+    """The cgroup ``root`` and everything below it in every v1 hierarchy, deepest first."""
+    found: list[Path] = []
+    for h in CGROUP_HIERARCHIES.iterdir():
+        top = h / root.lstrip("/")
+        if top.is_dir():
+            found += [Path(d) for d, _, _ in os.walk(top, onerror=lambda e: None)]
+    return sorted(found, key=lambda d: -len(d.parts))
+
+
+def _kill_cgroup_tree(root: str) -> None:
+    """SIGKILL every process in the tree until it stays empty (pods, their children)."""
+    for _ in range(50):
+        pids = set()
+        for d in _cgroup_tree(root):
+            with contextlib.suppress(OSError):
+                pids.update(int(x) for x in (d / "cgroup.procs").read_text().split())
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
+
+
+def _remove_cgroup_tree(root: str) -> None:
+    for d in _cgroup_tree(root):
+        for _ in range(20):
+            try:
+                d.rmdir()
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                time.sleep(0.1)
+
+
+def reap_stale_sessions() -> list[str]:
+    """Remove what crashed earlier sessions left: their pods' cgroups and session folders.
+
+    A session is stale when the holder process recorded in its folder is gone (a
+    SIGKILLed test run: its daemons died with it through PDEATHSIG, its pods did not).
+    """
+    reaped = []
+    for folder in Path(tempfile.gettempdir()).glob("thaw-node-*"):
+        pidfile = folder / "holder.pid"
+        try:
+            pid = int(pidfile.read_text())
+            os.kill(pid, 0)
+            continue  # alive: another session's node
+        except (OSError, ValueError):
+            pass
+        if not pidfile.exists() and time.time() - folder.stat().st_mtime < 600:
+            continue  # a session still starting up
+        cgroup_root = "/thaw-" + folder.name.removeprefix("thaw-node-").lower().replace("_", "")
+        _kill_cgroup_tree(cgroup_root)
+        _remove_cgroup_tree(cgroup_root)
+        subprocess.run(["rm", "-rf", "--one-file-system", str(folder)], check=False)
+        reaped.append(str(folder))
+    return reaped
+
+
 def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
@@ -121,14 +183,14 @@ class Node:
         result: list[Any] = []
 
         def run() -> None:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = os.open(self.netns_path, os.O_RDONLY)
             try:
-                if libc.setns(fd, CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), "setns failed")
-            finally:
-                os.close(fd)
-            try:
+                libc = ctypes.CDLL(None, use_errno=True)
+                fd = os.open(self.netns_path, os.O_RDONLY)
+                try:
+                    if libc.setns(fd, CLONE_NEWNET) != 0:
+                        raise OSError(ctypes.get_errno(), "setns into the node's netns failed")
+                finally:
+                    os.close(fd)
                 result.append(("ok", fn()))
             except BaseException as exc:
                 result.append(("err", exc))
@@ -179,6 +241,7 @@ exec sleep infinity
         if self.holder.stdout.readline().strip() != b"ready":
             raise ClusterError(f"namespace setup failed: {self._tail('holder')}")
         self._mntns = os.readlink(f"/proc/{self.holder.pid}/ns/mnt")
+        (self.tmp / "holder.pid").write_text(str(self.holder.pid))
 
     def _start_forwarder(self) -> None:
         self.forwarder = subprocess.Popen(
@@ -538,6 +601,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             "imageGCLowThresholdPercent": 99,
             "serializeImagePulls": False,
             "runtimeRequestTimeout": "5m",
+            # Secret and ConfigMap volumes refresh within seconds, not the default minute
+            # (the webhook waits for the certificate its leader just wrote to a Secret).
+            "syncFrequency": "5s",
         }
         cfg = self.tmp / "etc" / "kubelet.yaml"
         cfg.write_text(yaml.safe_dump(config))
@@ -600,6 +666,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 
     def start(self) -> Node:
         t0 = time.monotonic()
+        for stale in reap_stale_sessions():
+            log(f"removed the leftovers of a crashed session: {stale}")
         log(f"session folder {self.tmp}")
         self._start_holder()
         self._start_forwarder()
@@ -635,27 +703,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         return self
 
     def _cgroup_dirs(self) -> Iterator[Path]:
-        """Every cgroup below our cgroup root, deepest first."""
-        for h in CGROUP_HIERARCHIES.iterdir():
-            top = h / self.cgroup_root.lstrip("/")
-            if top.is_dir():
-                yield from sorted(
-                    (d for d in top.rglob("*") if d.is_dir()), key=lambda d: -len(d.parts)
-                )
-                yield top
+        """Every cgroup below our cgroup root, deepest first (dirs may vanish meanwhile)."""
+        yield from _cgroup_tree(self.cgroup_root)
 
     def _kill_pods(self) -> None:
-        for _ in range(50):
-            pids = set()
-            for d in self._cgroup_dirs():
-                with contextlib.suppress(OSError):
-                    pids.update(int(x) for x in (d / "cgroup.procs").read_text().split())
-            if not pids:
-                return
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.1)
+        _kill_cgroup_tree(self.cgroup_root)
 
     def _ns_pids(self) -> set[int]:
         """Processes in the node's mount namespace (daemons, container shims), not the holder."""
@@ -714,15 +766,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                 proc.wait()
         self.forwarder = self.holder = None
         self._kill_ns_pids()  # anything that was still forking while the holder went
-        for d in self._cgroup_dirs():
-            for _ in range(20):
-                try:
-                    d.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.1)
+        _remove_cgroup_tree(self.cgroup_root)
         if os.environ.get("THAW_NODE_KEEP"):
             log(f"keeping {self.tmp} (THAW_NODE_KEEP)")
         else:
@@ -740,7 +784,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         self.stop()
 
 
-def prepare(which: tuple[str, ...] = ("pause", "worker", "thaw")) -> tuple[Paths, dict[str, Any]]:
+def prepare(
+    which: tuple[str, ...] = ("pause", "worker", "thaw", "thaw-agent"),
+) -> tuple[Paths, dict[str, Any]]:
     """Run install.sh and the image builds (both cached); returns what Node needs."""
     repo = HERE.parents[1]
     node_root = Path(
@@ -760,7 +806,16 @@ def prepare(which: tuple[str, ...] = ("pause", "worker", "thaw")) -> tuple[Paths
 
 
 def main() -> int:
-    """``cluster.py up``: start a node, print how to reach it, stop on Ctrl-C."""
+    """``cluster.py [up]``: start a node, print how to reach it, stop on Ctrl-C or SIGTERM.
+    ``cluster.py reap``: remove what crashed sessions left behind."""
+    cmd = sys.argv[1] if len(sys.argv) > 1 else "up"
+    if cmd == "reap":
+        for folder in reap_stale_sessions():
+            print(f"removed {folder}")
+        return 0
+    if cmd != "up":
+        print("usage: cluster.py [up|reap]", file=sys.stderr)
+        return 2
 
     def interrupt(*_: object) -> None:
         raise KeyboardInterrupt
@@ -769,10 +824,10 @@ def main() -> int:
     paths, images = prepare()
     with Node(paths, images) as node:
         print(f"KUBECONFIG={node.kubeconfig}")
-        print(
-            f"node namespaces: nsenter --target {node.holder.pid if node.holder else '?'} "
-            "--net --mount"
-        )
+        for name, img in images.items():
+            print(f"image {name}: {img['ref']}")
+        holder = node.holder.pid if node.holder else "?"
+        print(f"node namespaces: nsenter --target {holder} --net --mount", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             signal.pause()
     return 0

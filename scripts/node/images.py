@@ -4,7 +4,8 @@ pause   busybox-static + images/pause/pause (the pod sandbox process)
 worker  Debian trixie minbase + python3 (images/base) + images/worker/app.py
 thaw    the same base + criu/pycriu from apt (images/agent) + the project's Python
         dependencies (pip, cp313 wheels) + the thaw package itself; runs the
-        agent, the webhook and the injected sidecar.
+        webhook and the injected sidecar as uid 65532.
+thaw-agent  the same layers, run as root: the node agent.
 
 Each layer is cached under $THAW_CACHE/images/layers/<name>-<key>/, where the
 key hashes everything that goes into it (recipe files, package lists, source
@@ -42,6 +43,7 @@ KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 STRIP = ("usr/share/doc", "usr/share/man", "usr/share/info", "var/cache/apt", "var/lib/apt/lists")
 THAW_SOURCES = ("thaw", "webhook", "agent", "sidecar", "certs")
 REF_PREFIX = "localhost/thaw"
+IMAGE_NAMES = ("pause", "worker", "thaw", "thaw-agent")
 
 
 def cache_root() -> Path:
@@ -297,9 +299,16 @@ def build(node_root: Path, which: Iterable[str]) -> dict[str, dict[str, str]]:
     if "worker" in which:
         cfg = oci.ImageConfig(cmd=("python3", "/app/worker.py"), workdir="/app")
         out["worker"] = compose("worker", [base, worker_layer()], cfg)
-    if "thaw" in which:
-        cfg = oci.ImageConfig(entrypoint=("thaw",))
-        out["thaw"] = compose("thaw", [base, apt_layer(base), pip_layer(), thaw_layer()], cfg)
+    if which & {"thaw", "thaw-agent"}:
+        layers = [base, apt_layer(base), pip_layer(), thaw_layer()]
+        # Same layers, two configs, as docker/webhook.Dockerfile and docker/agent.Dockerfile:
+        # the webhook/sidecar image runs unprivileged, the agent image as root.
+        env = (*oci.ImageConfig().env, "PYTHONUNBUFFERED=1")
+        if "thaw" in which:
+            cfg = oci.ImageConfig(entrypoint=("thaw",), env=env, user="65532:65532")
+            out["thaw"] = compose("thaw", layers, cfg)
+        if "thaw-agent" in which:
+            out["thaw-agent"] = compose("thaw-agent", layers, oci.ImageConfig(("thaw",), env=env))
     return out
 
 
@@ -308,9 +317,9 @@ def main() -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="build (or reuse) images; print {name: {ref, layout}}")
     b.add_argument("--node-root", type=Path, required=True, help="tree from install.sh")
-    b.add_argument("names", nargs="*", default=["pause", "worker", "thaw"])
+    b.add_argument("names", nargs="*", default=list(IMAGE_NAMES))
     args = ap.parse_args()
-    unknown = set(args.names) - {"pause", "worker", "thaw"}
+    unknown = set(args.names) - set(IMAGE_NAMES)
     if unknown:
         ap.error(f"unknown image(s): {', '.join(sorted(unknown))}")
     if os.geteuid() != 0:

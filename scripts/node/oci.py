@@ -50,6 +50,7 @@ class ImageConfig:
     cmd: Sequence[str] = ()
     env: Sequence[str] = ("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",)
     workdir: str = "/"
+    user: str = ""  # "uid:gid"; empty runs as root
 
 
 def _walk(root: Path) -> Iterator[Path]:
@@ -159,6 +160,7 @@ def write_image(layout: Path, ref: str, layers: Sequence[Layer], config: ImageCo
             "WorkingDir": config.workdir,
             **({"Entrypoint": list(config.entrypoint)} if config.entrypoint else {}),
             **({"Cmd": list(config.cmd)} if config.cmd else {}),
+            **({"User": config.user} if config.user else {}),
         },
         "rootfs": {"type": "layers", "diff_ids": [layer.digest for layer in layers]},
         "history": [{"created_by": "thaw scripts/node"} for _ in layers],

@@ -108,3 +108,18 @@ def test_checkpoint_to_files_and_back(cuda_tree: subprocess.Popen, tmp_path: Pat
     assert CudaDriver.get().state(pid) == ProcessState.RUNNING
     assert step.timings["gpu_copy_s"] >= 0
     assert ask(cuda_tree) == "True"
+
+
+def test_files_fall_back_to_host_path_where_unsupported(
+    cuda_tree: subprocess.Popen, tmp_path: Path
+) -> None:
+    """Asked for GPU state files on a driver without custom storage: still checkpoints."""
+    from agent.gpu_storage import supported
+
+    if supported(CudaDriver.get()):
+        pytest.skip("custom storage is supported here")
+    step = CudaCheckpointStep(lock_timeout_s=10, state_dir=tmp_path)
+    assert len(step.before_dump(cuda_tree.pid)) == 1
+    assert step.state_dir is None and not list(tmp_path.iterdir())
+    step.after_dump()
+    assert ask(cuda_tree) == "True"

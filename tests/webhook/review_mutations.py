@@ -56,10 +56,10 @@ def encode(node: Any) -> bytes:
     return json.dumps(node).encode()
 
 
-Path_ = tuple[str | int, ...]
+NodePath = tuple[str | int, ...]
 
 
-def paths(node: Any, prefix: Path_ = ()) -> Iterator[Path_]:
+def paths(node: Any, prefix: NodePath = ()) -> Iterator[NodePath]:
     """Every node's path, the root included."""
     yield prefix
     if isinstance(node, dict):
@@ -70,7 +70,7 @@ def paths(node: Any, prefix: Path_ = ()) -> Iterator[Path_]:
             yield from paths(v, (*prefix, i))
 
 
-def replaced(doc: Any, path: Path_, value: Any) -> Any:
+def replaced(doc: Any, path: NodePath, value: Any) -> Any:
     """A copy of ``doc`` with the node at ``path`` replaced (shares untouched parts)."""
     if not path:
         return value
@@ -82,7 +82,7 @@ def replaced(doc: Any, path: Path_, value: Any) -> Any:
     return out
 
 
-def deleted(doc: Any, path: Path_) -> Any:
+def deleted(doc: Any, path: NodePath) -> Any:
     parent_path, last = path[:-1], path[-1]
     parent = get(doc, parent_path)
     if isinstance(parent, dict):
@@ -92,7 +92,7 @@ def deleted(doc: Any, path: Path_) -> Any:
     return replaced(doc, parent_path, smaller)
 
 
-def get(doc: Any, path: Path_) -> Any:
+def get(doc: Any, path: NodePath) -> Any:
     for p in path:
         doc = doc[p]
     return doc
@@ -176,7 +176,7 @@ def mutations(seed: int = 7, per_review: int = 120) -> Iterator[Case]:
                 yield Case(f"{name}:dup:{path}:{key}={other!r}", encode(doc), None)
 
 
-def _has(doc: Any, path: Path_) -> bool:
+def _has(doc: Any, path: NodePath) -> bool:
     try:
         get(doc, path)
     except (KeyError, IndexError, TypeError):

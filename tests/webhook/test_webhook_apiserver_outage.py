@@ -10,6 +10,7 @@ never listed is not ready and admits auto-mode pods unchanged with
 from __future__ import annotations
 
 import copy
+import re
 import time
 
 import pytest
@@ -74,6 +75,10 @@ def test_outage_keeps_the_synced_cache_and_never_guesses_without_one(tmp_path):
             assert status == 200 and "snapshot cache stale" in text
             for _ in range(20):  # still answering, from the last synced state
                 assert decision(port, ca, review()) == "restore-snapshot-ready"
+            metrics = request(port, ca, "GET", "/metrics")[1].decode()
+            stale = re.search(r"^thaw_webhook_snapshot_cache_stale_seconds (\S+)$", metrics, re.M)
+            assert stale and float(stale.group(1)) > 0
+            assert "thaw_webhook_snapshot_cache_synced 1.0" in metrics
             assert proc.poll() is None
 
             # A replica that starts during the outage has never listed.
@@ -84,4 +89,6 @@ def test_outage_keeps_the_synced_cache_and_never_guesses_without_one(tmp_path):
                 assert decision(port2, ca, review()) == "snapshots-not-synced"
                 assert decision(port2, ca, review("restore")) == "snapshots-not-synced"
                 assert decision(port2, ca, review("checkpoint")) == "checkpoint-forced"
+                metrics = request(port2, ca, "GET", "/metrics")[1].decode()
+                assert "thaw_webhook_snapshot_cache_synced 0.0" in metrics
                 assert time.monotonic() - started < 20, "answers must not wait for the cache"

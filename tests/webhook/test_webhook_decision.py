@@ -72,3 +72,20 @@ def test_injected_containers_are_non_root_unless_the_pod_insists_on_root():
     root["spec"]["securityContext"] = {"runAsUser": 0}
     context = sidecar_context(root)
     assert "runAsNonRoot" not in context and context["allowPrivilegeEscalation"] is False
+
+
+def test_user_written_snapshot_annotation_never_survives_injection(tmp_path):
+    """A tenant naming a snapshot (say, another namespace's) gets the webhook's choice or none."""
+    from webhook.mutate import inject
+
+    forged = {"thaw.dev/snapshot": "team-b-secret-model", "thaw.dev/mode": "auto"}
+    checkpoint = inject(pod(**forged), "inference", InjectConfig(), NoSnapshots())
+    assert checkpoint.decision.reason is Reason.CHECKPOINT_NO_SNAPSHOT
+    assert "thaw.dev/snapshot" not in checkpoint.pod["metadata"]["annotations"]
+
+    key = checkpoint.decision.key
+    write_manifest(tmp_path, "team-b-secret-model", key, "team-b", "2026-11-21T00:00:00Z")
+    write_manifest(tmp_path, "own-snap", key, "inference", "2026-11-20T00:00:00Z")
+    restore = inject(pod(**forged), "inference", InjectConfig(), DirectorySnapshots(tmp_path))
+    assert restore.decision.reason is Reason.RESTORE_SNAPSHOT_READY
+    assert restore.pod["metadata"]["annotations"]["thaw.dev/snapshot"] == "own-snap"
