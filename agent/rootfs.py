@@ -107,13 +107,35 @@ def _safe_rel(name: str) -> str:
     return rel
 
 
+def _mount_points(root: str) -> frozenset[str]:
+    """Paths (relative to ``root``) where the runtime mounted something into the container.
+
+    The kubelet bind-mounts per-pod files (``/etc/hosts``, ``/etc/hostname``,
+    ``/etc/resolv.conf``, ``/dev/termination-log``) and volumes; their mount
+    targets show up in the source's upper dir, but the target pod has its own
+    mounts there, which must win (replacing one fails with EBUSY anyway).
+    """
+    out = set()
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                point = line.split()[4].encode().decode("unicode_escape")
+                rel = os.path.relpath(point, root)
+                if not rel.startswith(".."):
+                    out.add(rel)
+    except OSError:
+        pass
+    return frozenset(out)
+
+
 def apply(tar_fd: int, root: str = "/") -> int:
     """Unpack a captured diff into ``root`` (run inside the target's mount ns and root)."""
     count = 0
+    mounted = _mount_points(root)
     with os.fdopen(os.dup(tar_fd), "rb") as raw, tarfile.open(fileobj=raw, mode="r:") as tar:
         for member in tar:
             rel = _safe_rel(member.name)
-            if _skip(rel):
+            if _skip(rel) or (rel in mounted and not member.isdir()):
                 continue
             dest = os.path.join(root, rel)
             if member.pax_headers.get(WHITEOUT):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -80,3 +81,33 @@ def test_apply_cannot_write_outside_the_container(criu_ready, tmp_path):
     finally:
         box.stop()
         shutil.rmtree(victim, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="bind mounts need root")
+def test_apply_leaves_runtime_mounted_files_alone(tmp_path):
+    """The kubelet bind-mounts /etc/hostname & co into every container: the target's own
+    mount wins over the source's copy (writing over a mount point fails with EBUSY)."""
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/hostname").write_text("")
+    mounted = tmp_path / "pod-hostname"
+    mounted.write_text("target-pod\n")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in (("etc/hostname", b"source-pod\n"), ("etc/app.conf", b"warm\n")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    diff = tmp_path / "diff.tar"
+    diff.write_bytes(buf.getvalue())
+    subprocess.run(["mount", "--bind", str(mounted), str(root / "etc/hostname")], check=True)
+    try:
+        fd = os.open(diff, os.O_RDONLY)
+        try:
+            assert rootfs.apply(fd, str(root)) == 1
+        finally:
+            os.close(fd)
+        assert (root / "etc/hostname").read_text() == "target-pod\n"
+        assert (root / "etc/app.conf").read_text() == "warm\n"
+    finally:
+        subprocess.run(["umount", str(root / "etc/hostname")], check=True)
