@@ -153,7 +153,7 @@ def _spawn_swrk(argv: list[str], devnull: int) -> tuple[int, socket.socket]:
 def run_request(req: dict, fds: dict) -> dict:
     """In the final namespaces: start criu swrk and send the request through pycriu."""
     if req["action"] == "untar":
-        return {"ok": True, "entries": rootfs.apply(fds["tar"], "/")}
+        return {"ok": True, "entries": rootfs.apply(fds["tar"], "/", req.get("mounts", ()))}
     swrk, sock = _spawn_swrk(fds["argv"], fds["devnull"])
     client = CriuClient()
     client.use_fd(sock.fileno())

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pycriu.rpc_pb2 as rpc
 
-from agent import criu, leftovers, procfs
+from agent import criu, leftovers, procfs, rootfs
 from agent.steps import RestoreContext, Step, default_steps
 from agent.store import SnapshotInvalid, verify
 from thaw.contract import (
@@ -162,7 +162,10 @@ def restore(
                     log_file="-",
                     opts={},
                     ns_pid=into,
-                    extra={"tar": str(diff)},
+                    extra={
+                        "tar": str(diff),
+                        "mounts": rootfs.mount_points(f"/proc/{into}/mountinfo"),
+                    },
                     pass_fds=hold_fds,
                 )
             except criu.CriuFailed as e:

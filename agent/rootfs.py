@@ -18,6 +18,7 @@ import os
 import shutil
 import stat
 import tarfile
+from collections.abc import Iterable
 from pathlib import Path
 
 from thaw.contract import CONTROL_DIR
@@ -107,31 +108,31 @@ def _safe_rel(name: str) -> str:
     return rel
 
 
-def _mount_points(root: str) -> frozenset[str]:
-    """Paths (relative to ``root``) where the runtime mounted something into the container.
+def mount_points(mountinfo: str) -> list[str]:
+    """Mount points listed in a ``/proc/<pid>/mountinfo`` (as that process sees them).
 
     The kubelet bind-mounts per-pod files (``/etc/hosts``, ``/etc/hostname``,
-    ``/etc/resolv.conf``, ``/dev/termination-log``) and volumes; their mount
-    targets show up in the source's upper dir, but the target pod has its own
-    mounts there, which must win (replacing one fails with EBUSY anyway).
+    ``/etc/resolv.conf``, ``/dev/termination-log``) and volumes into every
+    container; their mount targets show up in the source's upper dir, but the
+    target pod has its own mounts there, which must win (replacing one fails
+    with EBUSY anyway). The agent reads the target container's list on the host
+    side (the untar helper is in the container's mount namespace but not its
+    pid namespace, so its own ``/proc/self`` does not resolve there).
     """
-    out = set()
-    try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                point = line.split()[4].encode().decode("unicode_escape")
-                rel = os.path.relpath(point, root)
-                if not rel.startswith(".."):
-                    out.add(rel)
-    except OSError:
-        pass
-    return frozenset(out)
+    out = []
+    with open(mountinfo) as f:
+        for line in f:
+            out.append(line.split()[4].encode().decode("unicode_escape"))
+    return out
 
 
-def apply(tar_fd: int, root: str = "/") -> int:
-    """Unpack a captured diff into ``root`` (run inside the target's mount ns and root)."""
+def apply(tar_fd: int, root: str = "/", mounts: Iterable[str] = ()) -> int:
+    """Unpack a captured diff into ``root`` (run inside the target's mount ns and root).
+
+    Files at ``mounts`` (the target's mount points, absolute in its root) are left alone.
+    """
     count = 0
-    mounted = _mount_points(root)
+    mounted = {os.path.relpath(m, "/") for m in mounts}
     with os.fdopen(os.dup(tar_fd), "rb") as raw, tarfile.open(fileobj=raw, mode="r:") as tar:
         for member in tar:
             rel = _safe_rel(member.name)

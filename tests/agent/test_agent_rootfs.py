@@ -104,7 +104,13 @@ def test_apply_leaves_runtime_mounted_files_alone(tmp_path):
     try:
         fd = os.open(diff, os.O_RDONLY)
         try:
-            assert rootfs.apply(fd, str(root)) == 1
+            mounts = [
+                "/" + os.path.relpath(m, root)
+                for m in rootfs.mount_points("/proc/self/mountinfo")
+                if m.startswith(str(root) + "/")
+            ]
+            assert mounts == ["/etc/hostname"]
+            assert rootfs.apply(fd, str(root), mounts) == 1
         finally:
             os.close(fd)
         assert (root / "etc/hostname").read_text() == "target-pod\n"

@@ -20,6 +20,10 @@ from thaw.contract import InjectedMode, Signal
 FOLLOWS_SYMLINKS = (
     "agent.pods.PodRef.write/read open signal files without O_NOFOLLOW (security.md, open item 1)"
 )
+LOCK_FOLLOWS_SYMLINKS = (
+    "agent.daemon.Agent.pod_lock opens the lock file with O_CREAT, no O_NOFOLLOW "
+    "(security.md, open item 1)"
+)
 
 
 def pod(control) -> PodRef:
@@ -64,3 +68,22 @@ def test_signal_write_replaces_a_planted_final_symlink_without_following_it(dirs
     pod(control).write(Signal.RESTORE_FAILED, "cold start\n")
     assert victim.read_text() == "node data\n"
     assert (control / Signal.RESTORE_FAILED.value).read_text() == "cold start\n"
+
+
+@pytest.mark.xfail(strict=True, reason=LOCK_FOLLOWS_SYMLINKS)
+def test_pod_lock_does_not_create_files_through_a_planted_symlink(tmp_path, dirs):
+    """A dangling symlink as the lock file would make the root agent create the target."""
+    import threading
+    import types
+
+    from agent.daemon import Agent
+    from thaw.contract import AGENT_LOCK_FILE
+
+    control, _ = dirs
+    planted = tmp_path / "node-dir" / "created-by-agent"
+    planted.parent.mkdir()
+    (control / AGENT_LOCK_FILE).symlink_to(planted)
+    agent = types.SimpleNamespace(_stop=threading.Event())  # pod_lock only reads _stop
+    with contextlib.suppress(OSError), Agent.pod_lock(agent, pod(control)):
+        pass
+    assert not planted.exists()
