@@ -73,11 +73,13 @@ class CudaStep(BaseStep):
 
     name = "cuda"
 
-    def __init__(self, gpu_files: bool = True) -> None:
+    def __init__(self, gpu_files: bool = False) -> None:
         from agent.cuda_checkpoint import CudaCheckpointStep
 
         self._step = CudaCheckpointStep()
-        self.gpu_files = gpu_files  # device memory as files in the snapshot, not via CRIU
+        # Device memory as files in the snapshot instead of through CRIU's pages. Off by
+        # default: driver 580 has no custom-storage checkpoint, so this path is unproven.
+        self.gpu_files = gpu_files
 
     def before_dump(self, ctx: DumpContext) -> None:
         if self.gpu_files:
@@ -100,6 +102,6 @@ class CudaStep(BaseStep):
         ctx.timings.update(self._step.timings)
 
 
-def default_steps(gpu_files: bool = True) -> list[Step]:
+def default_steps(gpu_files: bool = False) -> list[Step]:
     """A fresh step list per operation (steps keep per-operation state)."""
     return [CudaStep(gpu_files=gpu_files)]

@@ -11,17 +11,15 @@ from pathlib import Path
 from thaw.contract import (
     CONTROL_DIR,
     ENV_CONTROL_DIR,
+    ENV_ENGINE_HEALTH_URL,
+    ENV_ENGINE_SLEEP_URL,
+    ENV_ENGINE_WAKE_URL,
     ENV_MODE,
     ENV_SNAPSHOT,
     ENV_STORE_DIR,
     SIDECAR_PORT,
     STORE_MOUNT_PATH,
 )
-
-# Optional engine endpoints (e.g. vLLM: http://localhost:8000/sleep?level=1 and /wake_up).
-ENV_ENGINE_HEALTH_URL = "THAW_ENGINE_HEALTH_URL"
-ENV_ENGINE_SLEEP_URL = "THAW_ENGINE_SLEEP_URL"
-ENV_ENGINE_WAKE_URL = "THAW_ENGINE_WAKE_URL"
 
 
 def _env(name: str, default: str = "") -> str:

@@ -59,6 +59,10 @@ ENV_POD_NAME: Final = "THAW_POD_NAME"
 ENV_POD_NAMESPACE: Final = "THAW_POD_NAMESPACE"
 ENV_NODE_NAME: Final = "THAW_NODE_NAME"
 ENV_TARGET_CONTAINER: Final = "THAW_TARGET_CONTAINER"  # name of the worker's container
+# Sidecar: an engine's own HTTP endpoints (e.g. vLLM /health, /sleep?level=1, /wake_up).
+ENV_ENGINE_HEALTH_URL: Final = "THAW_ENGINE_HEALTH_URL"
+ENV_ENGINE_SLEEP_URL: Final = "THAW_ENGINE_SLEEP_URL"
+ENV_ENGINE_WAKE_URL: Final = "THAW_ENGINE_WAKE_URL"
 
 
 class Signal(enum.StrEnum):
