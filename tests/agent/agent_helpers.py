@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-
-WORKLOAD = Path(__file__).resolve().parent.parent / "workload"
-if str(WORKLOAD) not in sys.path:
-    sys.path.insert(0, str(WORKLOAD))
 
 STATE_MB = 64
 SEED = "thaw-test"
@@ -17,7 +12,8 @@ MARKER = "/var/lib/thaw-test/marker"  # written by the worker into its container
 def worker_argv(state_mb: int = STATE_MB, seed: str = SEED) -> list[str]:
     return [
         sys.executable,
-        str(WORKLOAD / "sample_worker.py"),
+        "-m",
+        "thaw.sample_worker",
         "--state-mb",
         str(state_mb),
         "--seed",

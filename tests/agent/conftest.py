@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent / "workload")]  # agent_helpers, sample_worker
+sys.path[:0] = [str(HERE)]  # agent_helpers
 
-import sample_worker  # noqa: E402
 from agent_helpers import SEED, STATE_MB  # noqa: E402
+
+from thaw import sample_worker  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -10,11 +10,11 @@ import sys
 import time
 
 import pytest
-import sample_worker
 from agent_helpers import worker_argv
 
 from agent import procfs
 from agent.local import start_checkpoint_pod, start_restore_pod
+from thaw import sample_worker
 from thaw.contract import CRIU_IMAGES_DIR, Signal
 
 pytestmark = pytest.mark.criu

@@ -10,7 +10,6 @@ import sys
 import time
 
 import pytest
-import sample_worker
 from agent_helpers import worker_argv
 
 from agent import procfs
@@ -19,6 +18,7 @@ from agent.daemon import Agent
 from agent.local import start_checkpoint_pod
 from agent.steps import BaseStep
 from agent.store import Store
+from thaw import sample_worker
 from thaw.contract import STORE_STAGING_DIR, Signal
 
 pytestmark = pytest.mark.criu

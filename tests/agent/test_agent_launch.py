@@ -7,12 +7,11 @@ import signal
 import time
 
 import pytest
-import sample_worker
 from agent_helpers import worker_argv
 
 from agent import procfs
 from agent.local import start_checkpoint_pod, start_restore_pod
-from thaw import launch
+from thaw import launch, sample_worker
 from thaw.contract import ENV_RESTORE_TIMEOUT, Signal
 
 pytestmark = pytest.mark.criu
@@ -26,7 +25,7 @@ def test_wrapper_starts_worker_as_child_past_the_pid_offset(criu_ready, local_ro
     assert procfs.cmdline(pod.box.pid)[:2] == [launch.SHELL, "-c"]
     (worker,) = [k for k in procfs.children_of(pod.box.pid) if procfs.alive(k)]
     assert procfs.ns_pids(worker)[-1] > launch.PID_OFFSET
-    assert "sample_worker.py" in " ".join(procfs.cmdline(worker))
+    assert "thaw.sample_worker" in procfs.cmdline(worker)
 
 
 def test_placeholder_times_out_into_a_cold_start(criu_ready, local_root, pods, expected_state):
@@ -48,7 +47,7 @@ def test_placeholder_falls_back_on_restore_failed(criu_ready, local_root, pods, 
     (pod.control / Signal.RESTORE_FAILED.value).write_text("test says no\n")
     os.kill(pod.box.pid, signal.SIGUSR1)
     assert sample_worker.query(str(pod.control), "state", timeout=60)["sha256"] == expected_state
-    assert "sample_worker.py" in procfs.cmdline(pod.box.pid)[1]  # exec'd in place of PID 1
+    assert "thaw.sample_worker" in procfs.cmdline(pod.box.pid)  # exec'd in place of PID 1
 
 
 def test_agent_sees_when_the_placeholder_can_take_sigusr1(criu_ready, local_root, pods):

@@ -22,15 +22,15 @@ from pathlib import Path
 import pytest
 
 TESTS = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(TESTS / "agent"), str(TESTS / "workload")]
+sys.path[:0] = [str(TESTS / "agent")]
 
-import sample_worker  # noqa: E402
 from agent_helpers import SEED, worker_argv  # noqa: E402
 
 from agent import procfs  # noqa: E402
 from agent.daemon import Agent  # noqa: E402
 from agent.local import LocalPods, LocalSink, read_events, start_checkpoint_pod  # noqa: E402
 from agent.store import Store  # noqa: E402
+from thaw import sample_worker  # noqa: E402
 from thaw.contract import CRIU_IMAGES_DIR, STORE_STAGING_DIR, Signal  # noqa: E402
 
 pytestmark = pytest.mark.criu

@@ -24,9 +24,8 @@ from pathlib import Path
 import pytest
 
 TESTS = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(TESTS / "agent"), str(TESTS / "workload")]
+sys.path[:0] = [str(TESTS / "agent")]
 
-import sample_worker  # noqa: E402
 from agent_helpers import SEED, worker_argv  # noqa: E402
 
 from agent.store import (  # noqa: E402
@@ -38,6 +37,7 @@ from agent.store import (  # noqa: E402
     validate_name,
     verify,
 )
+from thaw import sample_worker  # noqa: E402
 from thaw.contract import (  # noqa: E402
     CRIU_IMAGES_DIR,
     MANIFEST_FILE,

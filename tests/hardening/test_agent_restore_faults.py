@@ -25,9 +25,8 @@ from pathlib import Path
 import pytest
 
 TESTS = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(TESTS / "agent"), str(TESTS / "workload")]
+sys.path[:0] = [str(TESTS / "agent")]
 
-import sample_worker  # noqa: E402
 from agent_helpers import SEED, worker_argv  # noqa: E402
 
 from agent import leftovers, procfs  # noqa: E402
@@ -42,6 +41,7 @@ from agent.local import (  # noqa: E402
 )
 from agent.steps import BaseStep  # noqa: E402
 from agent.store import Store, verify  # noqa: E402
+from thaw import sample_worker  # noqa: E402
 from thaw.contract import MANIFEST_FILE, Manifest, Signal  # noqa: E402
 
 pytestmark = pytest.mark.criu
@@ -122,7 +122,7 @@ def workers_in_ns(holder: int) -> list[int]:
 
     def is_worker(host: int) -> bool:
         argv = procfs.cmdline(host)
-        return len(argv) > 1 and argv[1].endswith("sample_worker.py")  # not the placeholder
+        return "thaw.sample_worker" in argv[1:3]  # python -m ..., not the placeholder
 
     return sorted(n for h, n in live_in_ns(holder).items() if is_worker(h))
 
