@@ -19,18 +19,14 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "workload"))
-
-import sample_worker  # noqa: E402
-
-from agent import criu, procfs  # noqa: E402
-from agent.checkpoint import checkpoint  # noqa: E402
-from agent.digest import sha256_file  # noqa: E402
-from agent.local import start_checkpoint_pod, start_restore_pod  # noqa: E402
-from agent.restore import restore  # noqa: E402
-from agent.store import Store, verify  # noqa: E402
-from thaw.contract import CRIU_IMAGES_DIR, Signal  # noqa: E402
+from agent import criu, procfs
+from agent.checkpoint import checkpoint
+from agent.digest import sha256_file
+from agent.local import start_checkpoint_pod, start_restore_pod
+from agent.restore import restore
+from agent.store import Store, verify
+from thaw import sample_worker
+from thaw.contract import CRIU_IMAGES_DIR, Signal
 
 MB = 1 << 20
 
@@ -87,7 +83,7 @@ def main() -> int:
         return 1
     spec, version = criu.require()
     root = Path(args.dir or tempfile.mkdtemp(prefix="thaw-bench-"))
-    argv = [sys.executable, str(ROOT / "tests/workload/sample_worker.py")]
+    argv = [sys.executable, "-m", "thaw.sample_worker"]
     argv += ["--state-mb", str(args.state_mb), "--seed", "bench"]
     expected = sample_worker.expected_sha256("bench", args.state_mb)
     store = Store(root / "store")
