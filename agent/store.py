@@ -28,7 +28,7 @@ import shutil
 import stat
 from pathlib import Path
 
-from agent.digest import sha256_many
+from agent.digest import PIECE, digest_many, mismatches
 from thaw.contract import (
     MANIFEST_FILE,
     MANIFEST_SIGNATURE_FILE,
@@ -123,10 +123,13 @@ def snapshot_files(folder: Path) -> list[str]:
 
 def file_entries(folder: Path) -> tuple[FileEntry, ...]:
     rels = snapshot_files(folder)
-    digests = sha256_many([folder / r for r in rels])
-    return tuple(
-        FileEntry(path=r, size=digests[folder / r][0], sha256=digests[folder / r][1]) for r in rels
-    )
+    digests = digest_many([folder / r for r in rels])
+    entries = []
+    for r in rels:
+        d = digests[folder / r]
+        piece = PIECE if d.pieces else 0
+        entries.append(FileEntry(r, d.size, d.sha256, piece_bytes=piece, pieces=d.pieces))
+    return tuple(entries)
 
 
 class Store:
@@ -309,12 +312,14 @@ def verify(folder: Path, criu_version: str | None = None, check_compat: bool = T
                 raise SnapshotInvalid(
                     f"{folder.name}: {rel} is {size} bytes, manifest says {f.size}"
                 )
-        digests = sha256_many([folder / r for r in listed])
+        bad = mismatches(
+            [(folder / r, f.sha256, f.piece_bytes, f.pieces) for r, f in sorted(listed.items())]
+        )
     except OSError as e:  # deleted or replaced while we looked: not a snapshot to trust
         raise SnapshotInvalid(f"{folder.name}: changed while being verified: {e}") from None
-    for rel, f in sorted(listed.items()):
-        if digests[folder / rel][1] != f.sha256:
-            raise SnapshotInvalid(f"{folder.name}: {rel} checksum mismatch (corrupt artifact)")
+    if bad:
+        rel = bad[0].relative_to(folder)
+        raise SnapshotInvalid(f"{folder.name}: {rel} checksum mismatch (corrupt artifact)")
     if check_compat:
         problem = compat_problem(manifest, criu_version)
         if problem:

@@ -152,11 +152,20 @@ class ManifestError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class FileEntry:
-    """One file of a snapshot, relative to the snapshot folder."""
+    """One file of a snapshot, relative to the snapshot folder.
+
+    Files up to a piece in size carry their plain SHA-256. Larger ones list
+    the SHA-256 of each ``piece_bytes`` piece (the last one shorter) and
+    ``sha256`` is then the SHA-256 of those hex digests concatenated: every
+    byte is still covered once, and a multi-GB memory image is hashed and
+    checked on every core at once instead of at one core's SHA-256 speed.
+    """
 
     path: str
     size: int
     sha256: str
+    piece_bytes: int = 0
+    pieces: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,12 +243,23 @@ class Manifest:
                 root_pid=_typed(raw, "root_pid", int),
                 source=Source(**_typed(raw, "source", dict)),
                 gpus=tuple(GpuInfo(**g) for g in _typed(raw, "gpus", list)),
-                files=tuple(FileEntry(**f) for f in _typed(raw, "files", list)),
+                files=tuple(_file_entry(f) for f in _typed(raw, "files", list)),
                 timings=_typed(raw, "timings", dict),
                 schema_version=version,
             )
         except TypeError as e:
             raise ManifestError(f"manifest has a malformed field: {e}") from None
+
+
+def _file_entry(raw: object) -> FileEntry:
+    if not isinstance(raw, dict):
+        raise ManifestError(f"manifest file entry must be an object, got {raw!r}")
+    entry = FileEntry(**{**raw, "pieces": tuple(raw.get("pieces", ()))})
+    if entry.pieces and (
+        entry.piece_bytes <= 0 or len(entry.pieces) != -(-entry.size // entry.piece_bytes)
+    ):
+        raise ManifestError(f"manifest entry {entry.path!r}: pieces do not cover its size")
+    return entry
 
 
 def _typed(raw: dict, field: str, kind: type):

@@ -130,6 +130,17 @@ def reap_stale_sessions() -> list[str]:
     return reaped
 
 
+def _start_ticks(pid: int) -> int:
+    """When ``pid`` started, in clock ticks since boot (field 22 of /proc/<pid>/stat)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def _boot_ticks() -> int:
+    """Now, on the clock of ``_start_ticks``."""
+    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * os.sysconf("SC_CLK_TCK")) + 1
+
+
 def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
@@ -162,6 +173,7 @@ class Node:
         self.pki: ClusterPKI | None = None
         self.kubeconfig = self.tmp / "admin-host.kubeconfig"  # for the test process
         self._mntns = ""  # the node's mount namespace, kept for leftovers()
+        self._ns_cutoff: int | None = None  # set once the holder is gone (see _ns_pids)
 
     # --- namespace plumbing -----------------------------------------------------
 
@@ -710,16 +722,24 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         _kill_cgroup_tree(self.cgroup_root)
 
     def _ns_pids(self) -> set[int]:
-        """Processes in the node's mount namespace (daemons, container shims), not the holder."""
+        """Processes in the node's mount namespace (daemons, container shims), not the holder.
+
+        Once the namespace is empty the kernel may give its inode number to a new
+        namespace (another program's ``unshare``), so after the holder is gone only
+        processes born before ``self._ns_cutoff`` can be ours.
+        """
         if not self._mntns:
             return set()
         holder = self.holder.pid if self.holder else -1
         pids = set()
         for entry in os.listdir("/proc"):
             if entry.isdigit() and int(entry) != holder:
-                with contextlib.suppress(OSError):
-                    if os.readlink(f"/proc/{entry}/ns/mnt") == self._mntns:
-                        pids.add(int(entry))
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    if os.readlink(f"/proc/{entry}/ns/mnt") != self._mntns:
+                        continue
+                    if self._ns_cutoff is not None and _start_ticks(int(entry)) > self._ns_cutoff:
+                        continue  # born after our namespace died: a reused inode number
+                    pids.add(int(entry))
         return pids
 
     def _kill_ns_pids(self) -> None:
@@ -765,6 +785,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                 proc.kill()
                 proc.wait()
         self.forwarder = self.holder = None
+        if self._mntns:
+            self._ns_cutoff = _boot_ticks()
         self._kill_ns_pids()  # anything that was still forking while the holder went
         _remove_cgroup_tree(self.cgroup_root)
         if os.environ.get("THAW_NODE_KEEP"):

@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts" / "node"))
 
 import cluster  # noqa: E402
+import thaw_release as tr  # noqa: E402
 from node_support import TIMINGS, record  # noqa: E402
 
 
@@ -94,8 +95,104 @@ def core(kube: Any) -> Any:
     return client.CoreV1Api(kube)
 
 
+@pytest.fixture(scope="session")
+def release(node: cluster.Node, kube: Any) -> Iterator[None]:
+    """One ``helm install`` of charts/thaw for every product test; uninstalled at the end."""
+    import yaml
+    from kubernetes import client
+
+    apps, core = client.AppsV1Api(kube), client.CoreV1Api(kube)
+    values = node.tmp / "thaw-values.yaml"
+    values.write_text(yaml.safe_dump(tr.chart_values(node)))
+    t0 = time.monotonic()
+    try:
+        tr.helm(
+            node,
+            "install",
+            tr.RELEASE,
+            str(tr.CHART),
+            "-n",
+            tr.NAMESPACE,
+            "--create-namespace",
+            "-f",
+            str(values),
+        )
+
+        def deployed() -> bool:
+            dep = apps.read_namespaced_deployment(f"{tr.RELEASE}-webhook", tr.NAMESPACE)
+            ds = apps.read_namespaced_daemon_set(f"{tr.RELEASE}-agent", tr.NAMESPACE)
+            return bool(dep.status.ready_replicas) and bool(ds.status.number_ready)
+
+        tr.wait(
+            "the webhook and the agent to be Ready",
+            deployed,
+            240,
+            lambda: core.list_namespaced_pod(tr.NAMESPACE).items,
+        )
+        record("helm_install_to_ready_s", time.monotonic() - t0)
+        yield
+    finally:
+        tr.helm(node, "uninstall", tr.RELEASE, "-n", tr.NAMESPACE, check=False)
+
+
+@pytest.fixture(scope="session")
+def warm(node: cluster.Node, kube: Any, release: None) -> Iterator[tr.Warm]:
+    """A labeled Deployment, checkpointed by the agent: its first pod and Ready Snapshot.
+
+    Records the cold pod's create -> Ready time: warm-up, then the dump (the worker
+    serves only once the agent has answered), then the readiness probe.
+    """
+    import uuid
+
+    from kubernetes import client
+
+    from thaw import contract
+
+    apps, core = client.AppsV1Api(kube), client.CoreV1Api(kube)
+    custom = client.CustomObjectsApi(kube)
+    name = f"warm-{uuid.uuid4().hex[:6]}"
+    t0 = time.monotonic()
+    apps.create_namespaced_deployment(
+        tr.NS, tr.worker_deployment(name, node.images["thaw-agent"]["ref"])
+    )
+    try:
+        first = tr.wait("the first pod", lambda: tr.pods_of(core, name), 60)[0]
+        injected = first.metadata.annotations.get(contract.ANNOTATION_INJECTED)
+        assert injected == contract.InjectedMode.CHECKPOINT.value, first.metadata.annotations
+        key = first.metadata.annotations[contract.ANNOTATION_SNAPSHOT_KEY]
+
+        def ready_snapshot() -> dict[str, Any] | None:
+            mine = [s for s in tr.snapshots(custom) if s["spec"].get(contract.SPEC_KEY) == key]
+            phases = [tr.phase(s) for s in mine]
+            assert contract.Phase.FAILED.value not in phases, (
+                mine,
+                tr.pod_events(core, first.metadata.name),
+            )
+            ready = [s for s in mine if tr.phase(s) == contract.Phase.READY.value]
+            return ready[0] if ready else None
+
+        snap = tr.wait(
+            "a Ready Snapshot",
+            ready_snapshot,
+            240,
+            lambda: tr.pod_events(core, first.metadata.name),
+        )
+        record("deploy_to_snapshot_ready_s", time.monotonic() - t0)
+        clock = tr.ReadyClock(core, name, t0)
+        tr.wait(
+            "the checkpointed pod to be Ready",
+            lambda: clock.poll({first.metadata.name}),
+            120,
+            lambda: core.read_namespaced_pod(first.metadata.name, tr.NS).status,
+        )
+        record("cold_pod_create_to_ready_s", clock.ready_at[first.metadata.name])
+        yield tr.Warm(name, first.metadata.name, snap, key)
+    finally:
+        apps.delete_namespaced_deployment(name, tr.NS)
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if TIMINGS:
         terminalreporter.section("single-node cluster timings")
         for k, v in TIMINGS.items():
-            terminalreporter.write_line(f"{k:32s} {v:8.2f}")
+            terminalreporter.write_line(f"{k:40s} {v:8.2f}")
