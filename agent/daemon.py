@@ -53,6 +53,7 @@ class Agent:
         removed = store.clean_stale()
         if removed:
             log.info("removed stale staging folders: %s", ", ".join(removed))
+        sink.abandon_unfinished()
         self._dumps = ThreadPoolExecutor(dump_workers, thread_name_prefix="dump")
         self._restores = ThreadPoolExecutor(restore_workers, thread_name_prefix="restore")
         self._busy: set[tuple[str, str]] = set()

@@ -300,3 +300,44 @@ class KubeSink:
         except Exception as e:  # already gone, or never created (local store only)
             log.info("deleting Snapshot %s/%s: %s", pod.namespace, name, e)
         self.event(pod, "SnapshotDeleted", f"thaw: snapshot {name} removed by retention")
+
+    def abandon_unfinished(self) -> list[str]:
+        """Mark this node's Checkpointing snapshots Failed: their agent died mid-dump.
+
+        Called once at agent start, before any new dump: the previous agent on
+        this node (there is one per node) can no longer publish them, and the
+        pod's still-pending ``ready-for-checkpoint`` makes this agent dump again
+        under a new name.
+        """
+        try:
+            found = self._co.list_cluster_custom_object(
+                contract.CRD_GROUP, contract.CRD_VERSION, contract.CRD_PLURAL
+            )
+        except Exception as e:
+            log.warning("cannot list Snapshots to clean up: %s", e)
+            return []
+        done = []
+        for obj in found.get("items", []):
+            status = obj.get("status") or {}
+            if status.get(contract.STATUS_NODE) != self.node:
+                continue
+            if status.get(contract.STATUS_PHASE) != contract.Phase.CHECKPOINTING.value:
+                continue
+            meta = obj["metadata"]
+            message = "the agent stopped during this checkpoint; nothing was published"
+            try:
+                self._co.patch_namespaced_custom_object_status(
+                    contract.CRD_GROUP,
+                    contract.CRD_VERSION,
+                    meta["namespace"],
+                    contract.CRD_PLURAL,
+                    meta["name"],
+                    status_patch(contract.Phase.FAILED, self.node, message),
+                )
+            except Exception as e:
+                log.warning("snapshot %s/%s: %s", meta["namespace"], meta["name"], e)
+                continue
+            done.append(f"{meta['namespace']}/{meta['name']}")
+        if done:
+            log.info("marked unfinished snapshots Failed: %s", ", ".join(done))
+        return done

@@ -97,6 +97,9 @@ class LocalSink:
     def restore_failed(self, pod: PodRef, name: str, reason: str) -> None:
         self._emit(pod, "RestoreFailed", name, reason=reason)
 
+    def abandon_unfinished(self) -> list[str]:
+        return []  # local events are a log, not state: nothing to mark
+
     def snapshot_deleted(self, pod: PodRef, name: str) -> None:
         self._emit(pod, "Deleted", name, reason="retention")
 

@@ -168,3 +168,35 @@ def test_sink_drives_snapshot_status_and_events(api, namespace):
     assert ("Checkpointed", "Normal", "src") in seen
     assert ("CheckpointFailed", "Warning", "src") in seen
     assert ("RestoreFailed", "Warning", "src") in seen
+
+
+def test_restarted_agent_fails_its_nodes_unfinished_snapshots(api, namespace):
+    """A dump cut off by an agent restart stays Checkpointing forever unless the next agent on
+    that node says so; other nodes' dumps in flight are left alone."""
+    from kubernetes import client
+
+    co, core = client.CustomObjectsApi(api), client.CoreV1Api(api)
+    args = (contract.CRD_GROUP, contract.CRD_VERSION, namespace, contract.CRD_PLURAL)
+    for node in ("node-a", "node-b"):
+        pod = core.create_namespaced_pod(namespace, _pod(f"src-{node}", node, "checkpoint"))
+        ref = PodRef(
+            pod.metadata.uid,
+            namespace,
+            f"src-{node}",
+            InjectedMode.CHECKPOINT,
+            1,
+            Path("/x"),
+            key="v1-abc",
+            node=node,
+        )
+        KubeSink(api, node).checkpoint_started(ref, f"cut-{node}")
+
+    assert KubeSink(api, "node-a").abandon_unfinished() == [f"{namespace}/cut-node-a"]
+    a = co.get_namespaced_custom_object(*args, "cut-node-a")["status"]
+    assert a[contract.STATUS_PHASE] == Phase.FAILED
+    assert "agent stopped during this checkpoint" in a[contract.STATUS_MESSAGE]
+    assert (
+        co.get_namespaced_custom_object(*args, "cut-node-b")["status"][contract.STATUS_PHASE]
+        == Phase.READY
+    )
+    assert KubeSink(api, "node-a").abandon_unfinished() == []  # nothing left to mark
