@@ -197,11 +197,12 @@ def test_agent_killed_mid_dump_publishes_nothing_and_recovers(
         assert agent_status(agent_pod(core)).restart_count >= 1
         assert int(snap["status"][contract.STATUS_SIZE_BYTES]) > BIG_STATE_MB << 20
 
-        # The killed dump: never published, its staging folder gone, its Snapshot never Ready.
+        # The killed dump: never published, its staging folder gone, and its Snapshot marked
+        # Failed by the restarted agent (it would otherwise say Checkpointing forever).
         assert not (store / killed_name).exists()
         assert not list(staging_root.glob(f"{killed_name}.*")), list(staging_root.iterdir())
         killed = [s for s in tr.snapshots(custom) if s["metadata"]["name"] == killed_name]
-        assert all(tr.phase(s) != contract.Phase.READY.value for s in killed), killed
+        assert [tr.phase(s) for s in killed] == [contract.Phase.FAILED.value], killed
         print(
             f"agent killed mid-dump: {killed_name} ({written} B of pages written) left as "
             f"{[tr.phase(s) for s in killed]}; redone as {snap['metadata']['name']}"
