@@ -17,6 +17,7 @@ import signal
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from agent import criu, procfs
@@ -36,15 +37,30 @@ def drop_caches() -> None:
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
-def read_bandwidth(path: Path) -> float:
-    """Cold sequential read of ``path`` in MB/s (page cache dropped first)."""
+def read_bandwidth(path: Path, streams: int = 1) -> float:
+    """Cold read of ``path`` in MB/s (page cache dropped first), by ``streams`` readers.
+
+    A single stream underrates a virtual disk that serves parallel requests faster;
+    the floor uses the best of one and several streams, as restore reads in parallel.
+    """
     drop_caches()
-    buf = bytearray(8 * MB)
-    total = 0
+    size = path.stat().st_size
+    piece = -(-size // streams)
+
+    def read(start: int) -> int:
+        buf = bytearray(8 * MB)
+        view, total = memoryview(buf), 0
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            while total < piece and (n := os.preadv(fd, [view], start + total)):
+                total += n
+        finally:
+            os.close(fd)
+        return total
+
     t = time.monotonic()
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            total += n
+    with ThreadPoolExecutor(streams) as pool:
+        total = sum(pool.map(read, range(0, size, piece)))
     return total / MB / (time.monotonic() - t)
 
 
@@ -103,7 +119,8 @@ def main() -> int:
         src.stop()
     folder = result.path
     pages = max((folder / CRIU_IMAGES_DIR).glob("pages-*.img"), key=lambda p: p.stat().st_size)
-    disk_mbs = read_bandwidth(pages)
+    one_stream = read_bandwidth(pages)
+    disk_mbs = max(one_stream, read_bandwidth(pages, streams=4))
     sha_mbs = hash_rate(pages)
     drop_caches()
     t = time.monotonic()
@@ -127,7 +144,8 @@ def main() -> int:
         ("  criu dump", f"{result.timings['criu_dump_s']:.2f} s"),
         ("  sha256 + manifest", f"{result.timings['hash_s']:.2f} s"),
         ("  publish (fsync + rename)", f"{result.timings['publish_s']:.2f} s"),
-        ("disk read bandwidth (cold, same run)", f"{disk_mbs:.0f} MB/s"),
+        ("disk read, cold, 1 stream", f"{one_stream:.0f} MB/s"),
+        ("disk read, cold, best of 1 and 4 streams", f"{disk_mbs:.0f} MB/s"),
         ("sha256 throughput (hot cache, 1 thread)", f"{sha_mbs:.0f} MB/s"),
         ("verify, cold cache", f"{verify_cold:.2f} s"),
         ("restore total, cold cache", f"{cold_wall:.2f} s"),
