@@ -9,7 +9,11 @@ import logging
 import sys
 from pathlib import Path
 
-from thaw.contract import ENV_RETENTION_MAX_AGE_HOURS, ENV_RETENTION_MAX_PER_KEY
+from thaw.contract import (
+    ENV_RETENTION_MAX_AGE_HOURS,
+    ENV_RETENTION_MAX_PER_KEY,
+    ENV_SIGNING_KEY_FILE,
+)
 
 log = logging.getLogger(__name__)
 
@@ -25,17 +29,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--key", default="", help="snapshot key (default: pid-PID)")
     p.add_argument("--name", default=None, help="snapshot name (default: derived from key)")
     p.add_argument("--image", default="", help="image of the container, for the manifest")
+    _add_signing_key(p)
     p.set_defaults(func=cmd_checkpoint)
 
     p = ssub.add_parser("restore", help="verify, then restore a snapshot folder")
     p.add_argument("dir", help="the snapshot folder (STORE/<name>)")
     p.add_argument("--into", type=int, default=None, help="placeholder pid whose namespaces to use")
+    _add_public_key(p)
     p.set_defaults(func=cmd_restore)
 
     p = ssub.add_parser("verify", help="check manifest, files, checksums and compatibility")
     p.add_argument("dir")
     p.add_argument("--no-compat", action="store_true", help="skip the kernel/arch/CRIU check")
+    _add_public_key(p)
     p.set_defaults(func=cmd_verify)
+
+    p = ssub.add_parser("keygen", help="write an Ed25519 signing.key (0600) and signing.pub")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.set_defaults(func=cmd_keygen)
 
     p = ssub.add_parser("list", help="list the snapshots of a store")
     p.add_argument("store")
@@ -72,9 +83,56 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help=f"drop snapshots older than this (default: ${ENV_RETENTION_MAX_AGE_HOURS} or never)",
     )
+    _add_signing_key(p)
+    _add_public_key(p, " (default: the signing key's public half)")
     p.set_defaults(func=cmd_agent_run)
     p = asub.add_parser("doctor", help="check that CRIU >= 4 is installed and works here")
     p.set_defaults(func=cmd_doctor)
+
+
+def _add_signing_key(p: argparse.ArgumentParser) -> None:
+    import os
+
+    p.add_argument(
+        "--signing-key",
+        default=os.environ.get(ENV_SIGNING_KEY_FILE) or None,
+        metavar="FILE",
+        help=f"sign manifests with this Ed25519 key (default: ${ENV_SIGNING_KEY_FILE}; unset: no)",
+    )
+
+
+def _add_public_key(p: argparse.ArgumentParser, default: str = "") -> None:
+    p.add_argument(
+        "--public-key",
+        default=None,
+        metavar="FILE",
+        help="refuse snapshots not signed by this Ed25519 key" + default,
+    )
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from agent.signing import SigningError, generate_keypair
+
+    try:
+        key, pub = generate_keypair(args.out)
+    except (SigningError, OSError) as e:
+        return _fail(str(e))
+    _emit({"private_key": str(key), "public_key": str(pub)})
+    return 0
+
+
+def _check_signature(folder: Path, public_key: str | None) -> str | None:
+    """None when there is no key or the signature holds, else why not."""
+    if not public_key:
+        return None
+    from agent.signing import SigningError, verify_signature
+    from agent.store import SnapshotInvalid
+
+    try:
+        verify_signature(folder, public_key)
+    except (SnapshotInvalid, SigningError) as e:
+        return f"refused: {e}"
+    return None
 
 
 def _emit(obj: dict) -> None:
@@ -89,18 +147,21 @@ def _fail(message: str, code: int = 1) -> int:
 def cmd_checkpoint(args: argparse.Namespace) -> int:
     from agent.checkpoint import CheckpointError, checkpoint
     from agent.criu import CriuMissing
+    from agent.signing import SigningError, load_private_key
     from agent.store import Store, StoreError
 
     try:
+        if args.signing_key:
+            load_private_key(args.signing_key)  # a bad key fails before anything is frozen
         result = checkpoint(
             args.pid,
-            Store(args.out),
+            Store(args.out, signing_key=args.signing_key),
             key=args.key,
             name=args.name,
             leave_running=args.leave_running,
             image=args.image,
         )
-    except (CheckpointError, CriuMissing, StoreError) as e:
+    except (CheckpointError, CriuMissing, StoreError, SigningError) as e:
         return _fail(str(e))
     _emit(result.summary())
     return 0
@@ -110,6 +171,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from agent.criu import CriuMissing
     from agent.restore import RestoreError, restore
 
+    problem = _check_signature(Path(args.dir), args.public_key)
+    if problem:
+        return _fail(problem)
     try:
         result = restore(Path(args.dir), into=args.into)
     except (RestoreError, CriuMissing) as e:
@@ -132,7 +196,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
         m = verify(Path(args.dir), version, check_compat=not args.no_compat)
     except SnapshotInvalid as e:
         return _fail(str(e))
-    _emit({"ok": True, "name": m.name, "files": len(m.files), "bytes": m.total_bytes})
+    problem = _check_signature(Path(args.dir), args.public_key)
+    if problem:
+        return _fail(problem)
+    signed = {"signed_by": args.public_key} if args.public_key else {}
+    _emit({"ok": True, "name": m.name, "files": len(m.files), "bytes": m.total_bytes, **signed})
     return 0
 
 
@@ -188,11 +256,21 @@ def cmd_agent_run(args: argparse.Namespace) -> int:
     from agent.criu import CriuMissing
     from agent.daemon import Agent, run_forever
     from agent.retention import Retention
+    from agent.signing import SigningError, load_private_key, load_public_key
     from agent.store import Store
 
     try:
         retention = Retention.from_env()
     except ValueError as e:
+        return _fail(str(e), 2)
+    try:  # keys are checked at start, not at the first checkpoint or restore
+        signing_key = load_private_key(args.signing_key) if args.signing_key else None
+        verify_key = (
+            load_public_key(args.public_key)
+            if args.public_key
+            else (signing_key.public_key() if signing_key else None)
+        )
+    except SigningError as e:
         return _fail(str(e), 2)
     if args.retention_max_per_key is not None:
         retention = dataclasses.replace(retention, max_per_key=args.retention_max_per_key)
@@ -203,7 +281,7 @@ def cmd_agent_run(args: argparse.Namespace) -> int:
 
         root = Path(args.local)
         source, sink = LocalPods(root), LocalSink(root)
-        store = Store(args.store or root / "store")
+        store = Store(args.store or root / "store", signing_key=args.signing_key)
         node = "local"
     else:
         if not args.store:
@@ -212,7 +290,7 @@ def cmd_agent_run(args: argparse.Namespace) -> int:
 
         api = load_api_client(args.kubeconfig)
         source, sink = KubePods(api, args.node), KubeSink(api, args.node)
-        store = Store(args.store)
+        store = Store(args.store, signing_key=args.signing_key)
         node = args.node
     try:
         agent = Agent(
@@ -223,6 +301,7 @@ def cmd_agent_run(args: argparse.Namespace) -> int:
             dump_workers=args.dump_workers,
             restore_workers=args.restore_workers,
             retention=retention,
+            verify_key=verify_key,
         )
     except CriuMissing as e:
         return _fail(str(e))

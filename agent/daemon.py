@@ -23,9 +23,10 @@ from pathlib import Path
 
 from agent import criu, procfs
 from agent.checkpoint import CheckpointError, checkpoint
-from agent.pods import PodRef, PodSource, SnapshotSink
+from agent.pods import PodRef, PodSource, SnapshotSink, open_control_file
 from agent.restore import RestoreError, restore
 from agent.retention import Retention, prune
+from agent.signing import Ed25519PublicKey, authorize_restore
 from agent.steps import Step
 from agent.store import SnapshotInvalid, Store, StoreError, new_name, verify
 from thaw.contract import AGENT_LOCK_FILE, InjectedMode, Signal, Source
@@ -46,8 +47,10 @@ class Agent:
         poll_s: float = 0.1,
         retention: Retention | None = None,
         steps: Callable[[], list[Step]] | None = None,
+        verify_key: Ed25519PublicKey | None = None,
     ) -> None:
         self.source, self.sink, self.store, self.node = source, sink, store, node
+        self.verify_key = verify_key  # set: only snapshots signed by it are restored
         self.retention = retention or Retention()
         self.spec, self.criu_version = criu.require(check_kernel=True)
         removed = store.clean_stale()
@@ -146,7 +149,7 @@ class Agent:
         Yields the fd (-1: no lock file could be made), or None if the agent stops.
         """
         try:
-            fd = os.open(pod.control / AGENT_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = open_control_file(pod.control / AGENT_LOCK_FILE, os.O_RDWR | os.O_CREAT)
         except OSError as e:
             log.warning("%s: no lock file (%s); going on unlocked", pod.ident, e)
             yield -1
@@ -235,6 +238,9 @@ class Agent:
         try:
             name = self.snapshot_for(pod)
             folder = self.store.path(name)
+            # The name comes from the pod's own annotations: never another namespace's
+            # snapshot, and (with a key) only a signed one. See docs/security.md.
+            authorize_restore(folder, pod.namespace, self.verify_key)
             manifest = verify(folder, self.criu_version)
             log.info("%s: restoring %s into pid %d", pod.ident, name, pod.init_pid)
             result = restore(

@@ -8,9 +8,12 @@ happened (Snapshot objects + Events in a cluster, a JSON-lines file locally).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Protocol
 
@@ -36,21 +39,42 @@ class PodRef:
     def ident(self) -> str:
         return f"{self.namespace}/{self.name}"
 
+    # The control dir belongs to the pod: its author can plant symlinks there. The agent
+    # runs as root on the node, so it never follows one (O_NOFOLLOW, regular files only).
+
     def has(self, signal: Signal) -> bool:
-        return (self.control / signal.value).exists()
+        return os.path.lexists(self.control / signal.value)
 
     def read(self, signal: Signal) -> str:
         try:
-            return (self.control / signal.value).read_text()
+            fd = open_control_file(self.control / signal.value, os.O_RDONLY | os.O_NONBLOCK)
         except OSError:
             return ""
+        with os.fdopen(fd, "rb") as f:
+            return f.read(MAX_SIGNAL_BYTES).decode(errors="replace")
 
     def write(self, signal: Signal, payload: dict | str) -> None:
         """Write a signal file atomically (tmp + rename): readers never see half of it."""
         text = payload if isinstance(payload, str) else json.dumps(payload, indent=1) + "\n"
         tmp = self.control / f".{signal.value}.tmp"
-        tmp.write_text(text)
-        os.rename(tmp, self.control / signal.value)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)  # whatever the pod left there; unlink never follows a symlink
+        fd = open_control_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.rename(tmp, self.control / signal.value)  # replaces a planted link, never follows
+
+
+MAX_SIGNAL_BYTES = 64 << 10  # signal files are small JSON; never slurp what a pod planted
+
+
+def open_control_file(path: Path, flags: int, mode: int = 0o600) -> int:
+    """Open a file in a pod's control dir: no symlink, nothing but a regular file."""
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, f"{path.name}: not a regular file")
+    return fd
 
 
 def control_via_proc(init_pid: int) -> Path:

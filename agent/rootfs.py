@@ -64,7 +64,8 @@ def capture(upper: Path, out: Path) -> int:
                     if stat.S_ISDIR(st.st_mode) and _is_opaque(full):
                         info.pax_headers = {OPAQUE: "1"}
                     if info.isreg():
-                        with open(full, "rb") as f:
+                        with _open_same_file(full, st) as f:
+                            info.size = os.fstat(f.fileno()).st_size
                             tar.addfile(info, f)
                     else:
                         tar.addfile(info)
@@ -72,6 +73,17 @@ def capture(upper: Path, out: Path) -> int:
                     continue  # sockets, fifos, devices: not part of a portable diff
                 count += 1
     return count
+
+
+def _open_same_file(path: str, seen: os.stat_result):
+    """Open what ``lstat`` saw, or fail: the worker runs on while its layer is tarred, and a
+    file swapped for a symlink in between must not make the root agent read through it."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) != (seen.st_dev, seen.st_ino) or not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise OSError(f"{path}: replaced while the container's layer was captured")
+    return os.fdopen(fd, "rb")
 
 
 def _is_opaque(path: str) -> bool:

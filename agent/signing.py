@@ -200,7 +200,8 @@ def authorize_restore(
     The snapshot name a pod asks for comes from its own annotations, which its
     author can write, so the agent cannot take it on trust: a snapshot holds the
     memory of the process it was taken from (weights, tokens, secrets), and only
-    pods of the namespace it came from may get it. With a public key configured
+    pods of the namespace it came from may get it (operator-made snapshots, with
+    no namespace, are restorable anywhere). With a public key configured
     the manifest must also carry a valid signature. ``agent.store.verify``
     still checks every file against the manifest.
     """
@@ -213,7 +214,9 @@ def authorize_restore(
         manifest = Manifest.from_json(raw)
     except ManifestError as e:
         raise SnapshotInvalid(f"{folder.name}: {e}") from None
-    if not namespace or manifest.source.namespace != namespace:
+    # A snapshot without a namespace was made outside any pod (``thaw snapshot
+    # checkpoint`` by the node's operator); the agent always records the pod's.
+    if manifest.source.namespace and manifest.source.namespace != namespace:
         raise ForeignSnapshot(
             f"{folder.name}: taken in namespace {manifest.source.namespace!r}; "
             f"a pod in {namespace!r} may not restore it"

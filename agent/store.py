@@ -135,8 +135,13 @@ def file_entries(folder: Path) -> tuple[FileEntry, ...]:
 class Store:
     """A snapshot store rooted at a directory (created if missing)."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        signing_key: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.root = Path(root).absolute()
+        self.signing_key = signing_key  # set: publish signs the manifest (agent.signing)
         self.staging_root = self.root / STORE_STAGING_DIR
         if self.staging_root.is_symlink():  # writes would land wherever it points
             raise StoreError(f"{self.staging_root} is a symlink; refusing to write through it")
@@ -172,6 +177,10 @@ class Store:
         dest = self.path(manifest.name)
         (staging / OWNER_FILE).unlink(missing_ok=True)
         (staging / MANIFEST_FILE).write_text(manifest.to_json())
+        if self.signing_key:  # in staging: a snapshot is never visible unsigned
+            from agent.signing import sign_snapshot
+
+            sign_snapshot(staging, self.signing_key)
         _fsync_tree(staging)
         try:
             os.rename(staging, dest)

@@ -10,10 +10,10 @@ import sys
 import time
 
 import pytest
-from agent_helpers import worker_argv
 
 from agent import procfs
 from agent.local import start_checkpoint_pod, start_restore_pod
+from tests.support.workers import worker_argv
 from thaw import sample_worker
 from thaw.contract import CRIU_IMAGES_DIR, Signal
 

@@ -10,7 +10,6 @@ import sys
 import time
 
 import pytest
-from agent_helpers import worker_argv
 
 from agent import procfs
 from agent.checkpoint import CheckpointError, checkpoint
@@ -18,6 +17,7 @@ from agent.daemon import Agent
 from agent.local import start_checkpoint_pod
 from agent.steps import BaseStep
 from agent.store import Store
+from tests.support.workers import worker_argv
 from thaw import sample_worker
 from thaw.contract import STORE_STAGING_DIR, Signal
 

@@ -11,11 +11,11 @@ import signal
 import time
 
 import pytest
-from agent_helpers import MARKER, SEED, worker_argv
 
 from agent import procfs
 from agent.local import read_events, start_checkpoint_pod, start_restore_pod
 from agent.store import Store, file_entries, verify
+from tests.support.workers import MARKER, SEED, worker_argv
 from thaw import sample_worker
 from thaw.contract import (
     CRIU_IMAGES_DIR,

@@ -13,7 +13,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-from agent_helpers import worker_argv
 from kubernetes import client
 
 from agent import procfs
@@ -26,6 +25,7 @@ from agent.kube import (
 )
 from agent.local import start_checkpoint_pod, start_restore_pod
 from agent.sandbox import Box
+from tests.support.workers import worker_argv
 from thaw import contract
 from thaw.contract import InjectedMode, Phase, Signal
 

@@ -7,10 +7,10 @@ import signal
 import time
 
 import pytest
-from agent_helpers import worker_argv
 
 from agent import procfs
 from agent.local import start_checkpoint_pod, start_restore_pod
+from tests.support.workers import worker_argv
 from thaw import launch, sample_worker
 from thaw.contract import ENV_RESTORE_TIMEOUT, Signal
 

@@ -14,20 +14,15 @@ import json
 import os
 import platform
 import shutil
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 
-TESTS = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(TESTS / "agent")]
-
-from agent_helpers import SEED, worker_argv  # noqa: E402
-
-from agent.store import Store, file_entries, verify  # noqa: E402
-from thaw import sample_worker  # noqa: E402
-from thaw.contract import CRIU_IMAGES_DIR, MANIFEST_FILE, Manifest, Signal  # noqa: E402
+from agent.store import Store, file_entries, verify
+from tests.support.workers import SEED, worker_argv
+from thaw import sample_worker
+from thaw.contract import CRIU_IMAGES_DIR, MANIFEST_FILE, Manifest, Signal
 
 SKEWED = ["1970-01-01T00:00:00Z", "2999-12-31T23:59:59Z", "2026-13-45T99:99:99Z"]
 FAR_PAST, FAR_FUTURE = 0, 32503680000  # 1970, year 3000

@@ -21,59 +21,22 @@ from pathlib import Path
 
 import pytest
 
-TESTS = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(TESTS / "agent")]
-
-from agent_helpers import SEED, worker_argv  # noqa: E402
-
-from agent import procfs  # noqa: E402
-from agent.daemon import Agent  # noqa: E402
-from agent.local import LocalPods, LocalSink, read_events, start_checkpoint_pod  # noqa: E402
-from agent.store import Store  # noqa: E402
-from thaw import sample_worker  # noqa: E402
-from thaw.contract import CRIU_IMAGES_DIR, STORE_STAGING_DIR, Signal  # noqa: E402
+from agent import procfs
+from agent.daemon import Agent
+from agent.local import LocalPods, LocalSink, read_events, start_checkpoint_pod
+from agent.store import Store
+from tests.support.workers import SEED, worker_argv
+from thaw import sample_worker
+from thaw.contract import CRIU_IMAGES_DIR, STORE_STAGING_DIR, Signal
 
 pytestmark = pytest.mark.criu
 STATE_MB = 64  # the store below is 16 MiB: the memory image cannot fit
-
-
-@pytest.fixture(scope="module")
-def criu_ready():
-    if os.geteuid() != 0:
-        pytest.skip("CRIU tests need root (CAP_SYS_ADMIN, ptrace, namespaces)")
-    from agent import criu
-
-    return criu.require(check_kernel=True)
 
 
 @pytest.fixture
 def root(tmp_path):
     yield tmp_path
     shutil.rmtree(tmp_path, ignore_errors=True)
-
-
-@pytest.fixture
-def pods():
-    started: list = []
-    yield started
-    for p in started:
-        p.stop()
-
-
-@pytest.fixture
-def agents():
-    """In-process agents, each polling on its own thread; all stopped afterwards."""
-    running: list[Agent] = []
-
-    def start(root: Path, store: Path) -> Agent:
-        agent = Agent(LocalPods(root), LocalSink(root), Store(store), node="test")
-        threading.Thread(target=agent.run, daemon=True).start()
-        running.append(agent)
-        return agent
-
-    yield start
-    for a in running:
-        a.stop(wait=True)
 
 
 def assert_worker_serves(pod) -> None:

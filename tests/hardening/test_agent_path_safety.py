@@ -23,12 +23,7 @@ from pathlib import Path
 
 import pytest
 
-TESTS = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(TESTS / "agent")]
-
-from agent_helpers import SEED, worker_argv  # noqa: E402
-
-from agent.store import (  # noqa: E402
+from agent.store import (
     SnapshotInvalid,
     Store,
     StoreError,
@@ -37,8 +32,9 @@ from agent.store import (  # noqa: E402
     validate_name,
     verify,
 )
-from thaw import sample_worker  # noqa: E402
-from thaw.contract import (  # noqa: E402
+from tests.support.workers import SEED, worker_argv
+from thaw import sample_worker
+from thaw.contract import (
     CRIU_IMAGES_DIR,
     MANIFEST_FILE,
     STORE_STAGING_DIR,
@@ -121,13 +117,6 @@ def test_delete_does_not_follow_a_symlinked_snapshot(tmp_path):
 
 
 # --- the agent fed hostile annotations (real CRIU, real containers) ------------------
-@pytest.fixture(scope="module")
-def criu_ready():
-    if os.geteuid() != 0:
-        pytest.skip("CRIU tests need root (CAP_SYS_ADMIN, ptrace, namespaces)")
-    from agent import criu
-
-    return criu.require(check_kernel=True)
 
 
 @pytest.fixture

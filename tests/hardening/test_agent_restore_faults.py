@@ -24,37 +24,21 @@ from pathlib import Path
 
 import pytest
 
-TESTS = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(TESTS / "agent")]
-
-from agent_helpers import SEED, worker_argv  # noqa: E402
-
-from agent import leftovers, procfs  # noqa: E402
-from agent.checkpoint import checkpoint  # noqa: E402
-from agent.daemon import Agent  # noqa: E402
-from agent.local import (  # noqa: E402
-    LocalPods,
-    LocalSink,
+from agent import leftovers, procfs
+from agent.checkpoint import checkpoint
+from agent.local import (
     read_events,
     start_checkpoint_pod,
     start_restore_pod,
 )
-from agent.steps import BaseStep  # noqa: E402
-from agent.store import Store, verify  # noqa: E402
-from thaw import sample_worker  # noqa: E402
-from thaw.contract import MANIFEST_FILE, Manifest, Signal  # noqa: E402
+from agent.steps import BaseStep
+from agent.store import Store, verify
+from tests.support.workers import SEED, worker_argv
+from thaw import sample_worker
+from thaw.contract import MANIFEST_FILE, Manifest, Signal
 
 pytestmark = pytest.mark.criu
 STATE_MB = 16
-
-
-@pytest.fixture(scope="module")
-def criu_ready():
-    if os.geteuid() != 0:
-        pytest.skip("CRIU tests need root (CAP_SYS_ADMIN, ptrace, namespaces)")
-    from agent import criu
-
-    return criu.require(check_kernel=True)
 
 
 @pytest.fixture(scope="module")
@@ -87,29 +71,6 @@ def clone(store: Store, name: str, new: str, **changes: object) -> Path:
 def root(tmp_path):
     yield tmp_path
     shutil.rmtree(tmp_path, ignore_errors=True)
-
-
-@pytest.fixture
-def pods():
-    started: list = []
-    yield started
-    for p in started:
-        p.stop()
-
-
-@pytest.fixture
-def agents():
-    running: list[Agent] = []
-
-    def start(root: Path, store: Store, steps=None) -> Agent:
-        agent = Agent(LocalPods(root), LocalSink(root), store, node="test", steps=steps)
-        threading.Thread(target=agent.run, daemon=True).start()
-        running.append(agent)
-        return agent
-
-    yield start
-    for a in running:
-        a.stop(wait=True)
 
 
 def live_in_ns(holder: int) -> dict[int, int]:

@@ -17,14 +17,6 @@ import pytest
 from agent.pods import PodRef
 from thaw.contract import InjectedMode, Signal
 
-FOLLOWS_SYMLINKS = (
-    "agent.pods.PodRef.write/read open signal files without O_NOFOLLOW (security.md, open item 1)"
-)
-LOCK_FOLLOWS_SYMLINKS = (
-    "agent.daemon.Agent.pod_lock opens the lock file with O_CREAT, no O_NOFOLLOW "
-    "(security.md, open item 1)"
-)
-
 
 def pod(control) -> PodRef:
     return PodRef(
@@ -45,7 +37,6 @@ def dirs(tmp_path):
     return control, victim
 
 
-@pytest.mark.xfail(strict=True, reason=FOLLOWS_SYMLINKS)
 def test_signal_write_does_not_follow_a_planted_tmp_symlink(dirs):
     control, victim = dirs
     (control / f".{Signal.RESTORE_COMPLETE.value}.tmp").symlink_to(victim)
@@ -54,7 +45,6 @@ def test_signal_write_does_not_follow_a_planted_tmp_symlink(dirs):
     assert victim.read_text() == "node data\n"
 
 
-@pytest.mark.xfail(strict=True, reason=FOLLOWS_SYMLINKS)
 def test_signal_read_does_not_follow_a_planted_symlink(dirs):
     control, victim = dirs
     (control / Signal.READY_FOR_CHECKPOINT.value).symlink_to(victim)
@@ -70,7 +60,6 @@ def test_signal_write_replaces_a_planted_final_symlink_without_following_it(dirs
     assert (control / Signal.RESTORE_FAILED.value).read_text() == "cold start\n"
 
 
-@pytest.mark.xfail(strict=True, reason=LOCK_FOLLOWS_SYMLINKS)
 def test_pod_lock_does_not_create_files_through_a_planted_symlink(tmp_path, dirs):
     """A dangling symlink as the lock file would make the root agent create the target."""
     import threading

@@ -122,3 +122,21 @@ def test_absolute_member_names_land_inside_the_root(box):
         os.close(fd)
     assert (root / "etc" / "passwd").read_bytes() == b"pwned"
     assert (outside / "secret").read_text() == "host secret"
+
+
+def test_capture_never_reads_through_a_file_swapped_for_a_symlink(tmp_path):
+    """The worker runs on while its layer is tarred: a file lstat saw as regular and then
+    replaced by a symlink to a node file must not be read through (agent/rootfs.py)."""
+    secret = tmp_path / "node-secret"
+    secret.write_text("node only")
+    upper_file = tmp_path / "cache.bin"
+    upper_file.write_text("worker data")
+    seen = os.lstat(upper_file)
+    upper_file.unlink()
+    upper_file.symlink_to(secret)
+    with pytest.raises(OSError):
+        rootfs._open_same_file(str(upper_file), seen)
+    upper_file.unlink()  # a regular file again, but another one: also refused
+    upper_file.write_text("swapped")
+    with pytest.raises(OSError, match="replaced while"):
+        rootfs._open_same_file(str(upper_file), seen)

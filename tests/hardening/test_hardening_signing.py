@@ -205,6 +205,8 @@ def test_restore_of_another_namespaces_snapshot_is_refused(tmp_path, keys):
         authorize_restore(folder, "team-b")
     with pytest.raises(ForeignSnapshot):
         authorize_restore(folder, "")
+    operator_made = publish_snapshot(tmp_path / "store", name="by-hand", namespace="")
+    assert authorize_restore(operator_made, "team-b").name == "by-hand"
     # With a key configured, the signature is checked first; both must hold.
     with pytest.raises(SignatureInvalid, match="unsigned"):
         authorize_restore(folder, "team-a", keys[1])

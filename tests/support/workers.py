@@ -1,4 +1,4 @@
-"""Shared helpers of the agent tests (a plain module: `conftest` names collide across dirs)."""
+"""The sample worker as the agent and hardening tests run it (``thaw.sample_worker``)."""
 
 from __future__ import annotations
 
