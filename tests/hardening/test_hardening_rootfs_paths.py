@@ -132,6 +132,7 @@ def test_capture_never_reads_through_a_file_swapped_for_a_symlink(tmp_path):
     upper_file = tmp_path / "cache.bin"
     upper_file.write_text("worker data")
     seen = os.lstat(upper_file)
+    os.link(upper_file, tmp_path / "keep")  # the inode stays taken: no reuse by the swaps
     upper_file.unlink()
     upper_file.symlink_to(secret)
     with pytest.raises(OSError):
