@@ -30,6 +30,23 @@ from thaw.contract import CONTROL_DIR, ENV_CONTROL_DIR
 UNSHARE = ("unshare", "--pid", "--fork", "--mount", "--ipc", "--uts", "--net", "--kill-child")
 
 
+_PROJECT = str(Path(__file__).resolve().parent.parent)
+_MASKED = ("/tmp", "/run")  # fresh tmpfs in every box, as in a container
+
+
+def hidden_in_box(path: str) -> str:
+    """``path`` (resolved) if the box's root would not show it, else "".
+
+    The box's root is an overlay of the host's root filesystem with its own
+    /tmp and /run, so a venv or checkout under /tmp, or on another mount, would
+    be missing inside: such paths are bind-mounted in at the same place.
+    """
+    real = os.path.realpath(path)
+    masked = any(real == m or real.startswith(m + "/") for m in _MASKED)
+    other_fs = os.stat(real).st_dev != os.stat("/").st_dev
+    return real if masked or other_fs else ""
+
+
 class Box:
     """One running "container"; ``pid`` is its PID 1 as seen from the host."""
 
@@ -68,13 +85,14 @@ class Box:
             "--",
             *argv,
         ]
+        binds = ":".join(hidden_in_box(p) for p in (sys.prefix, _PROJECT) if hidden_in_box(p))
         read_end, write_end = os.pipe()
         self._unshare = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,
             stdout=write_end,
             stderr=write_end,
-            env={**box_env, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+            env={**box_env, "PYTHONPATH": _PROJECT, sandbox_init.BINDS_ENV: binds},
             start_new_session=True,
         )
         os.close(write_end)

@@ -37,6 +37,9 @@ def _check(rc: int, what: str) -> None:
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
+BINDS_ENV = "THAW_SANDBOX_BINDS"  # host dirs the box must see although the overlay hides them
+
+
 def mount(src: str, target: str, fstype: str | None, flags: int = 0, data: str = "") -> None:
     rc = _libc.mount(
         src.encode(), target.encode(), fstype.encode() if fstype else None, flags, data.encode()
@@ -54,6 +57,9 @@ def setup_root(base: str, control: str, control_in_box: str) -> str:
     mount("/dev", f"{merged}/dev", None, MS_BIND | MS_REC)
     mount("tmpfs", f"{merged}/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=755")
     mount("tmpfs", f"{merged}/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    for path in filter(None, os.environ.get(BINDS_ENV, "").split(":")):
+        os.makedirs(merged + path, exist_ok=True)
+        mount(path, merged + path, None, MS_BIND | MS_REC)
     target = merged + control_in_box
     os.makedirs(target, exist_ok=True)
     mount(control, target, None, MS_BIND)
