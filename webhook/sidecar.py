@@ -13,7 +13,7 @@ from typing import Any
 from thaw import contract
 from webhook.config import InjectConfig, SidecarMode
 
-PORT_NAME = "thaw-sidecar"
+PORT_NAME = contract.SIDECAR_CONTAINER  # the port is named after its container (<= 15 chars)
 
 
 def restricted_security_context(pod_spec: dict[str, Any]) -> dict[str, Any]:
