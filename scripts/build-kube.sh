@@ -17,7 +17,7 @@ KUBE_SRC_PKG=kubernetes
 KUBE_SRC_VERSION="1.20.5+really1.20.2-1.1+deb12u1"
 GO_PKG_VERSION=1.15
 ETCD_PKG=etcd-server
-DEBIAN_MIRROR="${THAW_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+DEBIAN_MIRROR="$("$(dirname "${BASH_SOURCE[0]}")/debian-mirror.sh")"
 KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 # Two cores and 24 GiB: two compile jobs keep the linker's peak memory (~3 GiB) safe.
 BUILD_JOBS="${THAW_BUILD_JOBS:-2}"

@@ -44,7 +44,7 @@ command -v dpkg >/dev/null || { log "dpkg is required to unpack CRIU"; exit 1; }
 APT=$DEST/apt
 mkdir -p "$APT/lists/partial" "$APT/archives/partial" "$APT/debs"
 KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
-MIRROR=${THAW_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+MIRROR=$("$(dirname "${BASH_SOURCE[0]}")/debian-mirror.sh")
 echo "deb [signed-by=$KEYRING] $MIRROR $SUITE main" >"$APT/sources.list"
 APT_OPTS=(
     -o "Dir::Etc::SourceList=$APT/sources.list" -o Dir::Etc::SourceParts=/dev/null

@@ -18,7 +18,8 @@ apt_private_opts() {
 
 apt_private_init() {
   local dir=$1 suite=$2 components=${3:-main}
-  local mirror=${THAW_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+  local mirror
+  mirror=$("$(dirname "${BASH_SOURCE[0]}")/../debian-mirror.sh") || return 1
   mkdir -p "$dir/lists/partial" "$dir/cache" "$dir/archives/partial"
   local want="deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror $suite $components"
   # Refresh the index at most once per day per suite.

@@ -37,8 +37,15 @@ RECIPE_VERSION = "1"  # bump to rebuild every layer
 SUITE = "trixie"
 PY_SITE = "usr/local/lib/python3.13/dist-packages"  # trixie's python3 looks here first
 PY_VERSION = "3.13"
-MIRROR = os.environ.get("THAW_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+
+
+def debian_mirror() -> str:
+    """The Debian archive this machine's apt uses (or $THAW_DEBIAN_MIRROR)."""
+    script = REPO / "scripts" / "debian-mirror.sh"
+    return subprocess.run([str(script)], check=True, capture_output=True, text=True).stdout.strip()
+
+
 # Trimmed from the base rootfs: documentation and apt state the images never use.
 STRIP = ("usr/share/doc", "usr/share/man", "usr/share/info", "var/cache/apt", "var/lib/apt/lists")
 THAW_SOURCES = ("thaw", "webhook", "agent", "sidecar", "certs")
@@ -159,7 +166,7 @@ def base_layer(node_root: Path) -> CachedLayer:
     debs.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, DEBOOTSTRAP_DIR=str(node_root / "usr/share/debootstrap"))
     cmd = [str(node_root / "usr/sbin/debootstrap"), "--variant=minbase", f"--keyring={KEYRING}"]
-    cmd += [f"--cache-dir={debs}", f"--include={','.join(pkgs)}", SUITE, str(root), MIRROR]
+    cmd += [f"--cache-dir={debs}", f"--include={','.join(pkgs)}", SUITE, str(root), debian_mirror()]
     _run(cmd, env=env, stdout=subprocess.DEVNULL)
     for rel in STRIP:
         for child in (root / rel).glob("*"):
