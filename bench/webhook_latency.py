@@ -20,7 +20,6 @@ import platform
 import signal
 import ssl
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,51 +28,19 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from webhook_server import start_server  # noqa: E402  (bench/, beside this script)
+
 from webhook.config import InjectConfig  # noqa: E402
 from webhook.mutate import inject  # noqa: E402
 from webhook.patch import make_patch  # noqa: E402
 from webhook.snapshots import NoSnapshots  # noqa: E402
 
 CASE = REPO / "tests" / "golden" / "checkpoint-native.review.json"
-THAW = [sys.executable, "-m", "thaw.cli"]
 
 
 def pct(samples: list[float], p: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
-
-
-def start_server(work: Path) -> tuple[subprocess.Popen, int]:
-    subprocess.run(
-        [*THAW, "certs", "generate", "--hosts", "127.0.0.1", "--out", str(work)],
-        check=True,
-        capture_output=True,
-    )
-    port_file = work / "port"
-    proc = subprocess.Popen(
-        [
-            *THAW,
-            "webhook",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--port-file",
-            str(port_file),
-            "--tls-cert",
-            str(work / "tls.crt"),
-            "--tls-key",
-            str(work / "tls.key"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd=REPO,
-    )
-    deadline = time.monotonic() + 30
-    while not (port_file.exists() and port_file.read_text().strip()):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit("webhook did not start")
-        time.sleep(0.05)
-    return proc, int(port_file.read_text())
 
 
 def post(conn: http.client.HTTPSConnection, body: bytes) -> float:

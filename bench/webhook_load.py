@@ -29,8 +29,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+
+from webhook_server import start_server  # noqa: E402  (bench/, beside this script)
+
 CASE = REPO / "tests" / "golden" / "checkpoint-native.review.json"
-THAW = [sys.executable, "-m", "thaw.cli"]
 ANSWER_TIMEOUT_S = 5.0
 CONNECTIONS = 64
 
@@ -114,37 +116,6 @@ async def generate(port: int, ca: str, rate: float, duration: float) -> dict:
 
 
 # --- driver ---------------------------------------------------------------------------
-def start_server(work: Path, core: str) -> tuple[subprocess.Popen, int]:
-    subprocess.run(
-        [*THAW, "certs", "generate", "--hosts", "127.0.0.1", "--out", str(work)],
-        check=True,
-        capture_output=True,
-    )
-    port_file = work / "port"
-    argv = [
-        *THAW,
-        "webhook",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--port-file",
-        str(port_file),
-        "--tls-cert",
-        str(work / "tls.crt"),
-        "--tls-key",
-        str(work / "tls.key"),
-    ]
-    if shutil.which("taskset"):
-        argv = ["taskset", "-c", core, *argv]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
-    deadline = time.monotonic() + 30
-    while not (port_file.exists() and port_file.read_text().strip()):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit("webhook did not start")
-        time.sleep(0.05)
-    return proc, int(port_file.read_text())
-
-
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

@@ -85,13 +85,7 @@ def try_acquire(
         new_spec["leaseTransitions"] = int(spec.get("leaseTransitions") or 0) + 1
         log.info("taking lease %s/%s from %r", namespace, name, holder)
     lease["spec"] = new_spec
-    try:
-        api.replace_namespaced_lease(name, namespace, lease)
-    except ApiException as e:
-        if e.status == 409:
-            return False
-        raise
-    return True
+    return _replace(api, name, namespace, lease)
 
 
 def release(api_client: Any, namespace: str, name: str, identity: str) -> bool:
@@ -112,6 +106,13 @@ def release(api_client: Any, namespace: str, name: str, identity: str) -> bool:
     spec.pop("holderIdentity", None)
     spec["leaseDurationSeconds"] = 1
     lease["spec"] = spec
+    return _replace(api, name, namespace, lease)
+
+
+def _replace(api: Any, name: str, namespace: str, lease: dict) -> bool:
+    """Write the Lease back; False if someone else wrote it since we read it (409)."""
+    from kubernetes.client.exceptions import ApiException
+
     try:
         api.replace_namespaced_lease(name, namespace, lease)
     except ApiException as e:
