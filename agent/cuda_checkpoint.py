@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from thaw.contract import GpuInfo
+from thaw.contract import GpuInfo, format_gpu_uuid
 
 log = logging.getLogger(__name__)
 
@@ -191,10 +191,7 @@ class CudaDriver:
         return u
 
 
-def format_uuid(raw: bytes) -> str:
-    """16 bytes -> ``GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`` (nvidia-smi's spelling)."""
-    h = bytes(raw[:16]).hex()
-    return f"GPU-{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
+format_uuid = format_gpu_uuid  # one spelling, in the contract
 
 
 def parse_uuid(text: str) -> bytes:

@@ -209,6 +209,11 @@ def restore(
             raise RestoreError(f"post-restore step failed, restored tree killed: {e}") from e
         timings["steps_after_restore_s"] = time.monotonic() - t
     except BaseException:
+        for step in steps:
+            abort = getattr(step, "abort_restore", None)
+            if abort is not None:
+                with contextlib.suppress(Exception):
+                    abort(ctx)
         if into is not None:  # never leave half-restored tasks beside the cold start
             with contextlib.suppress(OSError, TimeoutError):
                 leftovers.kill_leftovers(into, pids, spare=before)

@@ -13,10 +13,18 @@ manifest is written from it.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
 from pathlib import Path
 from typing import Protocol
 
-from thaw.contract import GpuInfo, Manifest
+from thaw.contract import GPU_REGIONS_FILE, GpuInfo, GpuRegions, Manifest
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -45,6 +53,7 @@ class Step(Protocol):
     def after_dump(self, ctx: DumpContext, ok: bool) -> None: ...
     def before_restore(self, ctx: RestoreContext) -> None: ...
     def after_restore(self, ctx: RestoreContext) -> None: ...
+    def abort_restore(self, ctx: RestoreContext) -> None: ...
 
 
 class BaseStep:
@@ -63,6 +72,9 @@ class BaseStep:
 
     def after_restore(self, ctx: RestoreContext) -> None:
         pass
+
+    def abort_restore(self, ctx: RestoreContext) -> None:
+        """The restore failed after ``before_restore``: undo what it started."""
 
 
 class CudaStep(BaseStep):
@@ -102,6 +114,78 @@ class CudaStep(BaseStep):
         ctx.timings.update(self._step.timings)
 
 
+class GpuRegionsStep(BaseStep):
+    """Released GPU regions (``sidecar.weights``): described at dump, refilled beside CRIU.
+
+    Dump: the worker's ``GPU_REGIONS_FILE`` (written at quiesce) is checked and
+    copied into the snapshot, so the manifest vouches for it. Restore: the
+    loader (``agent.gpu_regions``) starts before CRIU, on the placeholder's
+    GPU, and waits on the pod's control dir for the resumed worker. It runs on
+    its own; a failed restore stops it (``abort_restore``).
+    """
+
+    name = "gpu-regions"
+
+    def __init__(self) -> None:
+        self.loader: subprocess.Popen | None = None
+
+    def before_dump(self, ctx: DumpContext) -> None:
+        from agent.pods import control_via_proc, open_control_file
+
+        try:
+            fd = open_control_file(control_via_proc(ctx.host_pid) / GPU_REGIONS_FILE, os.O_RDONLY)
+        except OSError:
+            return  # the worker released nothing: nothing to describe
+        with os.fdopen(fd, "rb") as f:
+            raw = f.read(16 << 20)
+        spec = GpuRegions.from_json(raw)  # RegionsError: the checkpoint fails with the reason
+        (ctx.staging / GPU_REGIONS_FILE).write_text(spec.to_json())
+        ctx.timings["gpu_region_bytes"] = float(sum(r.source_bytes for r in spec.regions))
+
+    def before_restore(self, ctx: RestoreContext) -> None:
+        spec = ctx.folder / GPU_REGIONS_FILE
+        if ctx.into is None or not spec.is_file():
+            return
+        from agent.gpu_regions import DEFAULT_GENTLE
+        from agent.pods import control_via_proc
+
+        argv = [
+            sys.executable, "-m", "agent.gpu_regions", "--spec", str(spec),
+            "--control", str(control_via_proc(ctx.into)), "--root", f"/proc/{ctx.into}/root",
+            "--uid", str(os.stat(f"/proc/{ctx.into}").st_uid),
+        ]  # fmt: skip
+        argv += ["--gentle", DEFAULT_GENTLE]  # until after_restore: CRIU reads first
+        uuid = _placeholder_gpu(ctx.into)
+        if uuid:
+            argv += ["--device-uuid", uuid]
+        self.loader = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True)
+        threading.Thread(target=self._reap, name="gpu-regions-reap", daemon=True).start()
+
+    def after_restore(self, ctx: RestoreContext) -> None:
+        if self.loader is not None and self.loader.poll() is None:
+            self.loader.send_signal(signal.SIGUSR1)  # CRIU is done: the disk is the loader's
+
+    def _reap(self) -> None:
+        if self.loader is not None and self.loader.wait() != 0:
+            log.warning("GPU region loader exited with %s", self.loader.returncode)
+
+    def abort_restore(self, ctx: RestoreContext) -> None:
+        if self.loader is not None and self.loader.poll() is None:
+            self.loader.kill()
+
+
+def _placeholder_gpu(pid: int) -> str:
+    """UUID of the first GPU the placeholder container was given ('' if unknown)."""
+    try:
+        from agent.cuda_checkpoint import CudaDriver, process_visible_gpus
+
+        gpus = process_visible_gpus(pid, CudaDriver.get().gpus())
+    except Exception:  # no driver here: the loader will say so to the worker
+        return ""
+    return gpus[0].uuid if gpus else ""
+
+
 def default_steps(gpu_files: bool = False) -> list[Step]:
     """A fresh step list per operation (steps keep per-operation state)."""
-    return [CudaStep(gpu_files=gpu_files)]
+    # Regions first: its after_restore (loader to full speed) must not wait for the GPU restore.
+    return [GpuRegionsStep(), CudaStep(gpu_files=gpu_files)]

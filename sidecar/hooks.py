@@ -110,13 +110,20 @@ def read_signal(path: Path) -> dict:
     return value if isinstance(value, dict) else {"message": text}
 
 
+# Seconds each callback of the last quiesce/resume took ("phase:name"), for progress reports.
+last_timings: dict[str, float] = {}
+
+
 def _run(callbacks: list[Callback], phase: str) -> None:
     for fn in list(callbacks):
+        name = getattr(fn, "__qualname__", repr(fn))
+        t0 = time.monotonic()
         try:
             fn()
         except Exception as e:
-            name = getattr(fn, "__qualname__", repr(fn))
             raise HookError(f"{phase} callback {name} failed: {e}") from e
+        finally:
+            last_timings[f"{phase}:{name}"] = time.monotonic() - t0
 
 
 def wait_for_checkpoint_or_restore(

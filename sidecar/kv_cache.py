@@ -17,6 +17,7 @@ Tensors are zero-copy views made through ``__cuda_array_interface__``.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -88,6 +89,7 @@ class VmmPool:
         self._next = 0
         self._mutex = threading.Lock()
         self.on_remap: list[Callable[[], object]] = []
+        self.last_timings: dict[str, float] = {}  # of the last remap(): where resume time goes
         self.remap()
 
     @property
@@ -103,22 +105,52 @@ class VmmPool:
         with self._mutex:
             if self._handle is not None:
                 return
+            t0 = time.monotonic()
             self._make_current()
             (handle,) = _check(d, "cuMemCreate", d.cuMemCreate(self.nbytes, self._prop, 0))
+            t1 = time.monotonic()
             try:
                 _check(d, "cuMemMap", d.cuMemMap(self.ptr, self.nbytes, 0, handle, 0))
-                access = d.CUmemAccessDesc()
-                access.location.type = d.CUmemLocationType.CU_MEM_LOCATION_TYPE_DEVICE
-                access.location.id = self.device
-                access.flags = d.CUmemAccess_flags.CU_MEM_ACCESS_FLAGS_PROT_READWRITE
-                _check(d, "cuMemSetAccess", d.cuMemSetAccess(self.ptr, self.nbytes, [access], 1))
+                self._set_access()
             except VmmError:
                 d.cuMemUnmap(self.ptr, self.nbytes)
                 d.cuMemRelease(handle)
                 raise
             self._handle = handle
+        t2 = time.monotonic()
         for fn in list(self.on_remap):
             fn()
+        self.last_timings = {
+            "create_s": t1 - t0,
+            "map_s": t2 - t1,
+            "on_remap_s": time.monotonic() - t2,
+        }
+
+    def adopt(self, handle: Any) -> None:
+        """Map someone else's allocation (imported, same size) at the reserved addresses.
+
+        The pool owns ``handle`` from here on: ``release()`` drops it like its own.
+        """
+        d = self._d
+        with self._mutex:
+            if self._handle is not None:
+                raise VmmError("adopt: the pool is still mapped")
+            self._make_current()
+            _check(d, "cuMemMap", d.cuMemMap(self.ptr, self.nbytes, 0, handle, 0))
+            try:
+                self._set_access()
+            except VmmError:
+                d.cuMemUnmap(self.ptr, self.nbytes)
+                raise
+            self._handle = handle
+
+    def _set_access(self) -> None:
+        d = self._d
+        access = d.CUmemAccessDesc()
+        access.location.type = d.CUmemLocationType.CU_MEM_LOCATION_TYPE_DEVICE
+        access.location.id = self.device
+        access.flags = d.CUmemAccess_flags.CU_MEM_ACCESS_FLAGS_PROT_READWRITE
+        _check(d, "cuMemSetAccess", d.cuMemSetAccess(self.ptr, self.nbytes, [access], 1))
 
     def release(self) -> None:
         """Free the physical memory, keep the addresses (no-op when released)."""

@@ -7,9 +7,18 @@ an inference engine most of those bytes are weights that already sit on the
 node in safetensors files. ``ReleasableWeights`` moves the parameters onto a
 VMM pool (``sidecar.kv_cache.VmmPool``): on quiesce the pool's physical
 memory is released (the snapshot keeps only the addresses), on resume it is
-mapped at the same addresses and refilled straight from the safetensors
-files by parallel readers through pinned buffers. Compiled graphs and every
-tensor that points at a weight stay valid.
+mapped at the same addresses and refilled from the safetensors files.
+Compiled graphs and every tensor that points at a weight stay valid.
+
+Where the bytes come from on resume:
+  * after a restore, the agent's loader (``agent.gpu_regions``) has already
+    filled a fresh allocation while CRIU restored this process: the pool
+    receives it over ``GPU_REGIONS_SOCKET`` and maps it, no copy at all. At
+    quiesce the pool describes itself in ``GPU_REGIONS_FILE`` (files, sizes,
+    mtimes, ranges) so the agent can take that description into the snapshot;
+  * otherwise (the source after its checkpoint, or no loader) the process
+    reads the files itself with parallel readers through pinned buffers.
+Either way files whose size or mtime changed since the checkpoint are refused.
 
 Parameters with no tensor of the same name and size in the files (computed
 buffers, for instance) stay where they are and are snapshotted as usual.
@@ -17,9 +26,12 @@ buffers, for instance) stay where they are and are snapshotted as usual.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
+import logging
 import os
+import socket
 import struct
 import threading
 import time
@@ -30,6 +42,19 @@ from typing import Any
 
 from sidecar import hooks
 from sidecar.kv_cache import VmmPool, _check
+from thaw import fdpass
+from thaw.contract import (
+    GPU_REGIONS_FILE,
+    GPU_REGIONS_SOCKET,
+    GpuRegion,
+    GpuRegions,
+    RegionSource,
+    SourceFile,
+    format_gpu_uuid,
+)
+
+log = logging.getLogger(__name__)
+LOADER_TIMEOUT_S = 300.0
 
 CHUNK = 32 << 20
 READERS = 8
@@ -84,15 +109,20 @@ class ReleasableWeights:
             raise WeightsError("no parameter matches a tensor of the given safetensors files")
         total = sum(-(-p.numel() * p.element_size() // 256) * 256 for _, p in chosen)
         self.pool = VmmPool(total, device)
-        self.files = list(files)
+        self.files = [Path(f).resolve() for f in files]
+        self.stats = {str(f): _stat(f) for f in self.files}
         self.readers = readers
         self.jobs: list[tuple[Path, int, int, int]] = []  # (file, file offset, device ptr, n)
+        self.sources: list[RegionSource] = []
         with torch.no_grad():
             for name, param in chosen:
                 view = self.pool.tensor(tuple(param.shape), param.dtype)
                 view.copy_(param.data)
                 param.data = view
                 path, off, n = index[name]
+                path = path.resolve()
+                at = view.data_ptr() - self.pool.ptr
+                self.sources.append(RegionSource(str(path), off, at, n))
                 for k in range(0, n, CHUNK):
                     self.jobs.append((path, off + k, view.data_ptr() + k, min(CHUNK, n - k)))
         torch.cuda.synchronize()
@@ -102,6 +132,7 @@ class ReleasableWeights:
         self._pinned: list[tuple[int, memoryview]] = []
         self._lock = threading.Lock()
         self.last_reload_s = 0.0
+        self.last_source = ""
 
     def _buffer(self) -> tuple[int, memoryview]:
         d = self.pool._d
@@ -112,13 +143,87 @@ class ReleasableWeights:
         (ptr,) = _check(d, "cuMemHostAlloc", d.cuMemHostAlloc(CHUNK, d.CU_MEMHOSTALLOC_PORTABLE))
         return int(ptr), memoryview((ctypes.c_char * CHUNK).from_address(int(ptr))).cast("B")
 
+    def regions(self) -> GpuRegions:
+        """This pool as ``GPU_REGIONS_FILE`` describes it (what the agent's loader needs)."""
+        files = tuple(SourceFile(p, size, mtime) for p, (size, mtime) in self.stats.items())
+        region = GpuRegion("weights", self.pool.nbytes, files, tuple(self.sources))
+        return GpuRegions((region,), self.pool.device, _device_uuid(self.pool))
+
     def release(self) -> None:
-        """Drop the weights' device memory (the addresses stay reserved)."""
+        """Drop the weights' device memory (the addresses stay reserved) and describe it."""
+        directory = hooks.control_dir()
+        if directory.is_dir():
+            tmp = directory / f".{GPU_REGIONS_FILE}.{os.getpid()}.tmp"
+            try:
+                tmp.write_text(self.regions().to_json())
+                os.replace(tmp, directory / GPU_REGIONS_FILE)
+            except OSError as e:  # the snapshot still works: the weights reload from files
+                log.warning("cannot write %s in %s: %s", GPU_REGIONS_FILE, directory, e)
         self.pool.release()
 
     def reload(self) -> None:
-        """Map the addresses again and read every weight back from the files, in parallel."""
+        """Get the weights back: from the agent's loader if one waits, else from the files."""
         t0 = time.monotonic()
+        self._check_files()
+        if not self.pool.mapped and self._adopt_from_loader():
+            self.last_source = "loader"
+        else:
+            self._read_files()
+            self.last_source = "files"
+        self.last_reload_s = time.monotonic() - t0
+
+    def _check_files(self) -> None:
+        for path, (size, mtime) in self.stats.items():
+            now = _stat(Path(path))
+            if now != (size, mtime):
+                raise WeightsError(
+                    f"{path} changed since the weights were loaded (size, mtime_ns "
+                    f"{now} vs {(size, mtime)}): refusing to serve other weights"
+                )
+
+    def _adopt_from_loader(self) -> bool:
+        """Take the region the agent filled during the restore; False: read the files instead."""
+        path = hooks.control_dir() / GPU_REGIONS_SOCKET
+        if not path.exists():
+            return False
+        d = self.pool._d
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(LOADER_TIMEOUT_S)
+                sock.connect(str(path))
+                message, fds = fdpass.recv(sock)
+                try:
+                    regions = message.get("regions") or []
+                    if not message.get("ok"):
+                        raise WeightsError(f"loader: {message.get('error', 'failed')}")
+                    if len(fds) != 1 or len(regions) != 1:
+                        raise WeightsError(f"loader sent {len(fds)} fds for {len(regions)} regions")
+                    if regions[0].get("bytes") != self.pool.nbytes:
+                        raise WeightsError(
+                            f"loader's region has {regions[0].get('bytes')} bytes, "
+                            f"the pool {self.pool.nbytes}"
+                        )
+                    self.pool._make_current()
+                    kind = d.CUmemAllocationHandleType.CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR
+                    (handle,) = _check(
+                        d, "cuMemImportFromShareableHandle",
+                        d.cuMemImportFromShareableHandle(fds[0], kind),
+                    )  # fmt: skip
+                finally:
+                    for fd in fds:
+                        os.close(fd)  # an open fd would pin the memory after a release
+                try:
+                    self.pool.adopt(handle)
+                except Exception:
+                    d.cuMemRelease(handle)
+                    raise
+                fdpass.send(sock, {"ok": True})
+            return True
+        except (OSError, fdpass.FdPassError, WeightsError, RuntimeError) as e:
+            log.warning("GPU regions from the agent's loader unusable (%s); reading files", e)
+            return False
+
+    def _read_files(self) -> None:
         self.pool.remap()
         d = self.pool._d
         fds = {p: os.open(p, os.O_RDONLY) for p in self.files}
@@ -148,9 +253,20 @@ class ReleasableWeights:
         finally:
             for fd in fds.values():
                 os.close(fd)
-        self.last_reload_s = time.monotonic() - t0
 
     def register_hooks(self) -> ReleasableWeights:
         hooks.quiesce(self.release)
         hooks.resume(self.reload)
         return self
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+
+def _device_uuid(pool: VmmPool) -> str:
+    with contextlib.suppress(Exception):
+        (uuid,) = _check(pool._d, "cuDeviceGetUuid", pool._d.cuDeviceGetUuid(pool._dev))
+        return format_gpu_uuid(bytes(uuid.bytes))
+    return ""

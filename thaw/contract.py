@@ -178,6 +178,12 @@ class GpuInfo:
     cuda_version: str
 
 
+def format_gpu_uuid(raw: bytes) -> str:
+    """16 bytes -> ``GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`` (nvidia-smi's spelling)."""
+    h = bytes(raw[:16]).hex()
+    return f"GPU-{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
+
+
 @dataclasses.dataclass(frozen=True)
 class Source:
     """Where the checkpointed process lived."""
@@ -267,3 +273,114 @@ def _typed(raw: dict, field: str, kind: type):
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ManifestError(f"manifest field {field!r} must be {kind.__name__}, got {value!r}")
     return value
+
+
+# --- Device memory that travels outside CRIU --------------------------------
+# An engine may keep large read-only device memory (its weights) in regions it can
+# drop before a checkpoint and refill from files it already has on the node
+# (``sidecar.weights``). At quiesce it describes them in GPU_REGIONS_FILE in its
+# control dir; the agent copies that into the snapshot. On restore the agent's loader
+# (``agent.gpu_regions``) refills them on the GPU while CRIU restores the process,
+# and hands the memory over on GPU_REGIONS_SOCKET (POSIX fds of CUDA VMM handles).
+GPU_REGIONS_FILE: Final = "gpu-regions.json"
+GPU_REGIONS_SOCKET: Final = "gpu-regions.sock"
+GPU_REGIONS_SCHEMA_VERSION: Final = 1
+
+
+class RegionsError(ValueError):
+    """A GPU regions description that is malformed, inconsistent or of an unknown version."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceFile:
+    """A file a region is refilled from, as it was at the checkpoint."""
+
+    path: str  # absolute, as the worker's container sees it
+    size: int
+    mtime_ns: int
+
+
+@dataclasses.dataclass(frozen=True)
+class RegionSource:
+    """``length`` bytes at ``file_offset`` of ``path`` go to ``region_offset`` of the region."""
+
+    path: str
+    file_offset: int
+    region_offset: int
+    length: int
+
+
+@dataclasses.dataclass(frozen=True)
+class GpuRegion:
+    name: str
+    bytes: int  # size of the VMM allocation (a multiple of the allocation granularity)
+    files: tuple[SourceFile, ...]
+    sources: tuple[RegionSource, ...]
+
+    @property
+    def source_bytes(self) -> int:
+        return sum(s.length for s in self.sources)
+
+
+@dataclasses.dataclass(frozen=True)
+class GpuRegions:
+    """``gpu-regions.json``: what the worker released and where it comes back from."""
+
+    regions: tuple[GpuRegion, ...]
+    device: int = 0  # CUDA ordinal in the worker
+    device_uuid: str = ""
+    schema_version: int = GPU_REGIONS_SCHEMA_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> GpuRegions:
+        try:
+            raw = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise RegionsError(f"{GPU_REGIONS_FILE} is not valid JSON: {e}") from None
+        if not isinstance(raw, dict) or raw.get("schema_version") != GPU_REGIONS_SCHEMA_VERSION:
+            raise RegionsError(
+                f"{GPU_REGIONS_FILE}: unsupported schema_version "
+                f"{raw.get('schema_version') if isinstance(raw, dict) else raw!r}"
+            )
+        try:
+            regions = tuple(
+                GpuRegion(
+                    name=r["name"],
+                    bytes=r["bytes"],
+                    files=tuple(SourceFile(**f) for f in r["files"]),
+                    sources=tuple(RegionSource(**s) for s in r["sources"]),
+                )
+                for r in raw["regions"]
+            )
+            spec = cls(regions, raw.get("device", 0), raw.get("device_uuid", ""))
+        except (KeyError, TypeError) as e:
+            raise RegionsError(f"{GPU_REGIONS_FILE} has a malformed field: {e!r}") from None
+        spec.check()
+        return spec
+
+    def check(self) -> None:
+        """Every range inside its file and its region; integers where integers belong."""
+        for r in self.regions:
+            sizes = {f.path: f.size for f in r.files}
+            if not _ints(r.bytes) or r.bytes <= 0:
+                raise RegionsError(f"region {r.name!r}: bad size {r.bytes!r}")
+            for f in r.files:
+                if not f.path.startswith("/") or not _ints(f.size, f.mtime_ns):
+                    raise RegionsError(f"region {r.name!r}: bad file entry {f!r}")
+            for s in r.sources:
+                if s.path not in sizes:
+                    raise RegionsError(f"region {r.name!r}: {s.path} is not among its files")
+                if (
+                    not _ints(s.file_offset, s.region_offset, s.length)
+                    or min(s.file_offset, s.region_offset, s.length) < 0
+                ):
+                    raise RegionsError(f"region {r.name!r}: bad range {s!r}")
+                if s.file_offset + s.length > sizes[s.path] or s.region_offset + s.length > r.bytes:
+                    raise RegionsError(f"region {r.name!r}: range {s!r} runs past its end")
+
+
+def _ints(*values: object) -> bool:
+    return all(isinstance(v, int) and not isinstance(v, bool) for v in values)

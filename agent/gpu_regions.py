@@ -1,0 +1,557 @@
+"""Refill a restored worker's released GPU regions while CRIU restores the process.
+
+An engine that releases its weights before the checkpoint (``sidecar.weights``)
+keeps only their addresses in the snapshot; the bytes come back from model
+files already on the node. Read by the worker itself, that happens after CRIU
+and the CUDA restore are done, in series with them. This loader runs beside
+CRIU instead, from the moment the restore starts:
+
+  * it allocates each region with ``cuMemCreate`` as a shareable (POSIX fd)
+    allocation on the worker's GPU;
+  * parallel readers pull the recorded file ranges with ``O_DIRECT`` into
+    page-aligned pinned buffers and copy them to the GPU: no page cache, so no
+    fresh host memory to fault in while CRIU fills the process's pages, and
+    the disk serves CRIU and the loader at once;
+  * it listens on ``GPU_REGIONS_SOCKET`` in the pod's control dir; the resumed
+    worker connects, receives the allocations' fds (SCM_RIGHTS), maps them at
+    the addresses it kept and acknowledges. Then the loader lets go and exits.
+
+If anything fails (a file changed since the checkpoint, no GPU memory) the
+loader removes its socket and exits with the reason; the worker then reads
+its files itself, and refuses them too if they changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import dataclasses
+import errno
+import json
+import logging
+import mmap
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+from thaw import fdpass
+from thaw.contract import GpuRegion, GpuRegions, RegionsError
+
+log = logging.getLogger(__name__)
+
+ALIGN = 4096  # O_DIRECT: offsets, lengths and buffers on this boundary
+DEFAULT_CHUNK = 16 << 20
+DEFAULT_READERS = 16
+# While CRIU restores: READERS[:GB_PER_S] (see Throttle); measured on the GPU node.
+DEFAULT_GENTLE = "2:0.8"
+ACCEPT_TIMEOUT_S = 300.0
+
+
+class RegionLoadError(RuntimeError):
+    """The regions could not be loaded; the message says why (sent to the worker too)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadJob:
+    """One aligned read of ``length`` bytes at ``offset``; ``segments`` scatter it.
+
+    segment: (offset in the read buffer, region index, offset in the region, bytes)
+    """
+
+    path: str
+    offset: int
+    length: int
+    segments: tuple[tuple[int, int, int, int], ...]
+
+
+def plan_reads(regions: Sequence[GpuRegion], chunk: int = DEFAULT_CHUNK) -> list[ReadJob]:
+    """Cover every source range with chunk-aligned reads; a window shared by ranges is read once.
+
+    Jobs come in file order, so the disk sees long sequential runs per reader.
+    """
+    if chunk <= 0 or chunk % ALIGN:
+        raise ValueError(f"chunk must be a positive multiple of {ALIGN}")
+    windows: dict[tuple[str, int], list[tuple[int, int, int, int]]] = {}
+    for ri, region in enumerate(regions):
+        for s in region.sources:
+            pos, end = s.file_offset, s.file_offset + s.length
+            while pos < end:
+                w = pos - pos % chunk
+                n = min(end, w + chunk) - pos
+                windows.setdefault((s.path, w), []).append(
+                    (pos - w, ri, s.region_offset + (pos - s.file_offset), n)
+                )
+                pos += n
+    jobs = []
+    for (path, w), segs in sorted(windows.items()):
+        need = max(b + n for b, _, _, n in segs)
+        jobs.append(ReadJob(path, w, -(-need // ALIGN) * ALIGN, tuple(sorted(segs))))
+    return jobs
+
+
+def check_files(spec: GpuRegions, root: Path) -> dict[str, Path]:
+    """Each source file as seen under ``root``, refused if it is not the checkpoint's file."""
+    found: dict[str, Path] = {}
+    for region in spec.regions:
+        for f in region.files:
+            host = root / f.path.lstrip("/")
+            try:
+                st = os.stat(host)
+            except OSError as e:
+                raise RegionLoadError(f"{f.path}: {e.strerror}") from None
+            if st.st_size != f.size or st.st_mtime_ns != f.mtime_ns:
+                raise RegionLoadError(
+                    f"{f.path} changed since the checkpoint (size {st.st_size} vs {f.size}, "
+                    f"mtime_ns {st.st_mtime_ns} vs {f.mtime_ns})"
+                )
+            found[f.path] = host
+    return found
+
+
+def _open(path: Path, direct: bool) -> tuple[int, bool]:
+    if direct:
+        try:
+            return os.open(path, os.O_RDONLY | os.O_DIRECT), True
+        except OSError as e:
+            if e.errno != errno.EINVAL:  # EINVAL: this filesystem has no O_DIRECT (tmpfs)
+                raise
+    return os.open(path, os.O_RDONLY), False
+
+
+class Throttle:
+    """Keep the loader out of CRIU's way while CRIU restores, then let it run flat out.
+
+    CRIU restores pages on one thread and reads its images through the page
+    cache a readahead window at a time; deep O_DIRECT queues in front of each
+    window starve it (measured on an H100 node: CRIU's restore went from 2.4 s
+    to 4-5 s beside an unthrottled loader). While gentle: at most ``readers``
+    reads in flight (0: no limit), paced to ``bytes_per_s`` (0: unpaced), in
+    the idle I/O class if ``idle`` (the block layer then serves CRIU first).
+    ``full()`` (the agent's SIGUSR1 once CRIU is done) lifts all of it.
+    """
+
+    def __init__(self) -> None:
+        self.readers, self.rate, self.idle = 0, 0.0, False
+        self.unleashed = threading.Event()
+        self.unleashed.set()
+        self.signalled = False
+        self._cond = threading.Condition()
+        self._active = 0
+        self._next = time.monotonic()
+
+    @classmethod
+    def parse(cls, text: str) -> Throttle:
+        """``READERS[:GB_PER_S][:idle]``, e.g. ``4``, ``2:0.8``, ``0:0:idle``."""
+        t = cls()
+        parts = [x.strip() for x in text.split(":")] if text else []
+        try:
+            readers = int(parts[0]) if parts else 0
+            rate = float(parts[1]) * 1e9 if len(parts) > 1 and parts[1] else 0.0
+        except ValueError:
+            raise ValueError(f"--gentle {text!r}: want READERS[:GB_PER_S][:idle]") from None
+        if (len(parts) > 2 and parts[2] != "idle") or len(parts) > 3:
+            raise ValueError(f"--gentle {text!r}: want READERS[:GB_PER_S][:idle]")
+        t.configure(readers, rate, len(parts) > 2)
+        return t
+
+    def configure(self, readers: int, bytes_per_s: float = 0.0, idle: bool = False) -> None:
+        """Become gentle (unless ``full()`` already came: a signal can beat the arguments)."""
+        with self._cond:
+            self.readers, self.rate, self.idle = readers, bytes_per_s, idle
+            if (readers > 0 or bytes_per_s > 0 or idle) and not self.signalled:
+                self.unleashed.clear()
+
+    def full(self) -> None:
+        self.signalled = True
+        self.unleashed.set()
+        with self._cond:
+            self._cond.notify_all()
+
+    def acquire(self, nbytes: int) -> None:
+        _set_io_class(self.idle and not self.unleashed.is_set())
+        delay = 0.0
+        with self._cond:
+            while not self.unleashed.is_set() and 0 < self.readers <= self._active:
+                self._cond.wait(0.01)
+            self._active += 1
+            if not self.unleashed.is_set() and self.rate > 0:
+                now = time.monotonic()
+                start = max(now, self._next)
+                self._next = start + nbytes / self.rate
+                delay = start - now
+        if delay > 0:
+            self.unleashed.wait(delay)  # returns early when set free
+
+    def release(self) -> None:
+        with self._cond:
+            self._active -= 1
+            self._cond.notify()
+
+
+_IOPRIO_SET = 251  # x86-64 syscall number
+_io_class = threading.local()
+
+
+def _set_io_class(idle: bool) -> None:
+    """This thread's I/O priority: idle class while gentle, best-effort otherwise."""
+    if getattr(_io_class, "idle", False) == idle:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    value = (3 << 13) if idle else (2 << 13 | 4)  # IOPRIO_CLASS_IDLE / IOPRIO_CLASS_BE, level 4
+    if libc.syscall(_IOPRIO_SET, 1, 0, value) == 0:  # IOPRIO_WHO_PROCESS, this thread
+        _io_class.idle = idle
+
+
+class Loader:
+    """Regions allocated, filled and exported on one GPU of this process."""
+
+    def __init__(
+        self,
+        spec: GpuRegions,
+        root: Path = Path("/"),
+        device_uuid: str = "",
+        readers: int = DEFAULT_READERS,
+        chunk: int = DEFAULT_CHUNK,
+        direct: bool = True,
+        throttle: Throttle | None = None,
+    ) -> None:
+        self.spec, self.root, self.readers, self.chunk = spec, Path(root), readers, chunk
+        self.throttle = throttle or Throttle()
+        self.direct = direct
+        self.device_uuid = device_uuid or spec.device_uuid
+        self.handles: list[Any] = []
+        self.ptrs: list[int] = []
+        self.timings: dict[str, float] = {}
+        self.bytes_read = 0
+        self.used_direct = direct
+        self.unleashed_at: float | None = None
+
+    # --- CUDA ------------------------------------------------------------------------
+    def _cuda(self) -> None:
+        from agent.cuda_checkpoint import CudaDriver, format_uuid
+
+        self.drv = CudaDriver.get()
+        d = self.d = self.drv._d
+        chk = self.drv._check
+        (count,) = chk("cuDeviceGetCount", d.cuDeviceGetCount())
+        ordinal = None
+        for i in range(count):
+            (dev,) = chk("cuDeviceGet", d.cuDeviceGet(i))
+            (uuid,) = chk("cuDeviceGetUuid", d.cuDeviceGetUuid(dev))
+            if not self.device_uuid or format_uuid(bytes(uuid.bytes)) == self.device_uuid:
+                ordinal = i
+                break
+        if ordinal is None:
+            raise RegionLoadError(f"no GPU with uuid {self.device_uuid} on this node")
+        self.ordinal = ordinal
+        (self.dev,) = chk("cuDeviceGet", d.cuDeviceGet(ordinal))
+        (self.ctx,) = chk("cuDevicePrimaryCtxRetain", d.cuDevicePrimaryCtxRetain(self.dev))
+        chk("cuCtxSetCurrent", d.cuCtxSetCurrent(self.ctx))
+
+    def _allocate(self, nbytes: int) -> tuple[Any, int]:
+        d, chk = self.d, self.drv._check
+        prop = d.CUmemAllocationProp()
+        prop.type = d.CUmemAllocationType.CU_MEM_ALLOCATION_TYPE_PINNED
+        prop.location.type = d.CUmemLocationType.CU_MEM_LOCATION_TYPE_DEVICE
+        prop.location.id = self.ordinal
+        prop.requestedHandleTypes = (
+            d.CUmemAllocationHandleType.CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR
+        )
+        (handle,) = chk("cuMemCreate", d.cuMemCreate(nbytes, prop, 0))
+        (ptr,) = chk("cuMemAddressReserve", d.cuMemAddressReserve(nbytes, 0, 0, 0))
+        chk("cuMemMap", d.cuMemMap(ptr, nbytes, 0, handle, 0))
+        access = d.CUmemAccessDesc()
+        access.location.type = d.CUmemLocationType.CU_MEM_LOCATION_TYPE_DEVICE
+        access.location.id = self.ordinal
+        access.flags = d.CUmemAccess_flags.CU_MEM_ACCESS_FLAGS_PROT_READWRITE
+        chk("cuMemSetAccess", d.cuMemSetAccess(ptr, nbytes, [access], 1))
+        return handle, int(ptr)
+
+    # --- the work ----------------------------------------------------------------------
+    def load(self) -> None:
+        """Allocate every region and fill it from the files; raises RegionLoadError.
+
+        The files are read from the first moment: the CUDA context (a few hundred
+        ms) and the allocations come up on another thread meanwhile, and reads
+        that finish first wait for it with their buffers full.
+        """
+        t0 = self.t_fill = time.monotonic()
+        files = check_files(self.spec, self.root)
+        jobs = plan_reads(self.spec.regions, self.chunk)
+        fds: dict[str, int] = {}
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def bring_up() -> None:
+            try:
+                t = time.monotonic()
+                self._cuda()
+                self.timings["cuda_init_s"] = time.monotonic() - t
+                t = time.monotonic()
+                for region in self.spec.regions:
+                    handle, ptr = self._allocate(region.bytes)
+                    self.handles.append(handle)
+                    self.ptrs.append(ptr)
+                self.timings["allocate_s"] = time.monotonic() - t
+            except BaseException as e:  # handed to the readers, re-raised by load()
+                failure.append(e)
+            finally:
+                self.timings["gpu_ready_at_s"] = time.monotonic() - t0
+                ready.set()
+
+        cuda = threading.Thread(target=bring_up, name="regions-cuda", daemon=True)
+        cuda.start()
+        try:
+            for path, host in files.items():
+                fds[path], direct = _open(host, self.direct)
+                self.used_direct = self.used_direct and direct
+            self._fill(jobs, fds, ready, failure)
+            self.timings["read_copy_s"] = time.monotonic() - t0
+        except OSError as e:
+            raise RegionLoadError(f"reading the region files failed: {e}") from None
+        finally:
+            cuda.join()
+            for fd in fds.values():
+                os.close(fd)
+        if failure:
+            raise failure[0]
+        self.timings["load_s"] = time.monotonic() - t0
+
+    def _fill(
+        self,
+        jobs: list[ReadJob],
+        fds: dict[str, int],
+        ready: threading.Event,
+        failure: list[BaseException],
+    ) -> None:
+        buffers: list[tuple[mmap.mmap, int]] = []  # page-aligned, pinned once CUDA is up
+        free: list[tuple[int, bool]] = []  # (address, registered with CUDA)
+        lock = threading.Lock()
+        local = threading.local()
+        counted = [0]
+
+        def buffer() -> tuple[int, bool]:
+            with lock:
+                if free:
+                    return free.pop()
+            m = mmap.mmap(-1, self.chunk)
+            addr = ctypes.addressof(ctypes.c_char.from_buffer(m))
+            with lock:
+                buffers.append((m, addr))
+            return addr, False
+
+        def run(job: ReadJob) -> None:
+            self.throttle.acquire(job.length)
+            buf, pinned = buffer()
+            try:
+                view = (ctypes.c_char * job.length).from_address(buf)
+                got = 0
+                fd = fds[job.path]
+                while got < job.length:
+                    r = os.preadv(fd, [memoryview(view).cast("B")[got:]], job.offset + got)
+                    if r == 0:
+                        break  # end of file: the window's tail past it is not needed
+                    got += r
+                need = max(b + n for b, _, _, n in job.segments)
+                if got < need:
+                    raise RegionLoadError(f"{job.path} ended at {job.offset + got}, need {need}")
+                ready.wait()
+                if failure:
+                    return
+                d, chk = self.d, self.drv._check
+                if not getattr(local, "ready", False):
+                    chk("cuCtxSetCurrent", d.cuCtxSetCurrent(self.ctx))
+                    local.ready = True
+                if not pinned:  # DMA straight from this buffer from now on
+                    err = d.cuMemHostRegister(buf, self.chunk, 0)[0]
+                    pinned = err == d.CUresult.CUDA_SUCCESS
+                for b, ri, off, n in job.segments:
+                    chk("cuMemcpyHtoD", d.cuMemcpyHtoD(self.ptrs[ri] + off, buf + b, n))
+                with lock:
+                    counted[0] += got
+            finally:
+                with lock:
+                    free.append((buf, pinned))
+                self.throttle.release()
+
+        try:
+            with ThreadPoolExecutor(self.readers, thread_name_prefix="regions") as pool:
+                pending = {pool.submit(run, j) for j in jobs}
+                while pending:  # short waits: the main thread must stay free for signals
+                    done, pending = wait(pending, timeout=0.05, return_when=FIRST_EXCEPTION)
+                    for f in done:
+                        f.result()
+                    if self.unleashed_at is None and self.throttle.signalled:
+                        self.unleashed_at = time.monotonic() - self.t_fill
+            ready.wait()
+            if not failure:  # this thread too (export and close run here)
+                self.drv._check("cuCtxSetCurrent", self.d.cuCtxSetCurrent(self.ctx))
+                self.drv._check("cuCtxSynchronize", self.d.cuCtxSynchronize())
+        finally:
+            for addr, is_pinned in free:
+                if is_pinned:
+                    self.d.cuMemHostUnregister(addr)
+            for m, _ in buffers:
+                with contextlib.suppress(BufferError):  # a ctypes view may still pin it
+                    m.close()
+        self.bytes_read = counted[0]
+
+    def export(self) -> list[int]:
+        kind = self.d.CUmemAllocationHandleType.CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR
+        return [
+            int(self.drv._check("cuMemExportToShareableHandle",
+                                self.d.cuMemExportToShareableHandle(h, kind, 0))[0])
+            for h in self.handles
+        ]  # fmt: skip
+
+    def close(self) -> None:
+        for handle, ptr, region in zip(self.handles, self.ptrs, self.spec.regions, strict=False):
+            self.d.cuMemUnmap(ptr, region.bytes)
+            self.d.cuMemAddressFree(ptr, region.bytes)
+            self.d.cuMemRelease(handle)
+        self.handles, self.ptrs = [], []
+
+
+def listen(control: Path, name: str, uid: int | None = None) -> socket.socket:
+    """A listening unix socket ``name`` in ``control``, reached without following symlinks.
+
+    The control dir belongs to the pod: the path goes through an O_NOFOLLOW
+    handle of the directory, so a planted link cannot move the socket elsewhere.
+    """
+    dfd = os.open(control, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=dfd)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(f"/proc/self/fd/{dfd}/{name}")
+        if uid is not None:
+            os.chown(name, uid, -1, dir_fd=dfd, follow_symlinks=False)
+        os.chmod(f"/proc/self/fd/{dfd}/{name}", 0o660 if uid is not None else 0o666)
+        sock.listen(4)
+        return sock
+    finally:
+        os.close(dfd)
+
+
+def serve(
+    spec: GpuRegions,
+    control: Path,
+    root: Path = Path("/"),
+    device_uuid: str = "",
+    readers: int = DEFAULT_READERS,
+    direct: bool = True,
+    uid: int | None = None,
+    timeout_s: float = ACCEPT_TIMEOUT_S,
+    name: str = "",
+    throttle: Throttle | None = None,
+) -> dict:
+    """Listen first (the worker waits on us), load, hand over; returns what happened."""
+    from thaw.contract import GPU_REGIONS_SOCKET
+
+    name = name or GPU_REGIONS_SOCKET
+    t0 = time.monotonic()
+    listener = listen(control, name, uid)
+    stats: dict[str, Any] = {"ok": False}
+    loader = Loader(spec, root, device_uuid, readers=readers, direct=direct, throttle=throttle)
+    try:
+        try:
+            loader.load()
+        except (RegionLoadError, RuntimeError) as e:
+            # Gone at once: a worker finds no socket (or a closed one) and reads its files.
+            stats["error"] = str(e)
+            return stats
+        finally:
+            stats.update(loader.timings, bytes=loader.bytes_read, direct=loader.used_direct)
+            if loader.unleashed_at is not None:  # into the fill, when SIGUSR1 came
+                stats["full_speed_after_s"] = loader.unleashed_at
+            stats["loaded_at_s"] = time.monotonic() - t0
+        listener.settimeout(timeout_s)
+        try:
+            conn, _ = listener.accept()
+        except TimeoutError:
+            stats["error"] = f"no worker connected within {timeout_s:.0f}s"
+            return stats
+        with conn:
+            conn.settimeout(timeout_s)
+            fds = loader.export()
+            try:
+                regions = [{"name": r.name, "bytes": r.bytes} for r in spec.regions]
+                fdpass.send(conn, {"ok": True, "regions": regions, "timings": loader.timings}, fds)
+            finally:
+                for fd in fds:
+                    os.close(fd)
+            reply, extra = fdpass.recv(conn)
+            for fd in extra:
+                os.close(fd)
+            stats["ok"] = bool(reply.get("ok"))
+            if not stats["ok"]:
+                stats["error"] = str(reply.get("error", "worker refused the regions"))
+            stats["handed_over_at_s"] = time.monotonic() - t0
+    except (OSError, fdpass.FdPassError) as e:
+        stats["error"] = f"handing the regions over failed: {e}"
+    finally:
+        listener.close()
+        with contextlib.suppress(OSError):
+            dfd = os.open(control, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW)
+            try:
+                os.unlink(name, dir_fd=dfd)
+            finally:
+                os.close(dfd)
+        if loader.handles:
+            loader.close()
+    return stats
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # First thing: SIGUSR1 means "CRIU is done, read at full speed", never "die".
+    signalled = threading.Event()
+    signal.signal(signal.SIGUSR1, lambda *_: signalled.set())
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--spec", required=True, type=Path, help="the snapshot's regions file")
+    p.add_argument("--control", required=True, type=Path, help="the pod's control dir (host path)")
+    p.add_argument("--root", default="/", type=Path, help="the worker's root, e.g. /proc/PID/root")
+    p.add_argument("--device-uuid", default="")
+    p.add_argument("--readers", type=int, default=DEFAULT_READERS)
+    p.add_argument("--buffered", action="store_true", help="read through the page cache")
+    p.add_argument("--uid", type=int, default=None, help="owner of the socket (the worker's uid)")
+    p.add_argument("--timeout", type=float, default=ACCEPT_TIMEOUT_S)
+    p.add_argument("--stats", type=Path, default=None, help="write what happened here (JSON)")
+    p.add_argument(
+        "--gentle", default="", metavar="READERS[:GB_PER_S][:idle]",
+        help="until SIGUSR1: at most READERS reads in flight (0: any), paced to GB_PER_S, "
+        "in the idle I/O class with :idle",
+    )  # fmt: skip
+    a = p.parse_args(argv)
+    try:
+        throttle = Throttle.parse(a.gentle)
+    except ValueError as e:
+        p.error(str(e))
+    signal.signal(signal.SIGUSR1, lambda *_: throttle.full())
+    if signalled.is_set():
+        throttle.full()
+    try:
+        spec = GpuRegions.from_json(a.spec.read_bytes())
+    except (OSError, RegionsError) as e:
+        print(f"gpu-regions: {e}", file=sys.stderr)
+        return 2
+    stats = serve(
+        spec, a.control, a.root, a.device_uuid, a.readers, not a.buffered, a.uid, a.timeout,
+        throttle=throttle,
+    )  # fmt: skip
+    if a.stats:
+        a.stats.write_text(json.dumps(stats, indent=1) + "\n")
+    if not stats["ok"]:
+        print(f"gpu-regions: {stats.get('error')}", file=sys.stderr)
+    return 0 if stats["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
