@@ -37,13 +37,13 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
 from thaw import fdpass
-from thaw.contract import GpuRegion, GpuRegions, RegionsError
+from thaw.contract import GPU_REGIONS_SOCKET, GpuRegion, GpuRegions, RegionsError
 
 log = logging.getLogger(__name__)
 
@@ -257,21 +257,14 @@ class Loader:
         chk("cuCtxSetCurrent", d.cuCtxSetCurrent(self.ctx))
 
     def _allocate(self, nbytes: int) -> tuple[Any, int]:
+        from sidecar.kv_cache import device_memory, read_write
+
         d, chk = self.d, self.drv._check
-        prop = d.CUmemAllocationProp()
-        prop.type = d.CUmemAllocationType.CU_MEM_ALLOCATION_TYPE_PINNED
-        prop.location.type = d.CUmemLocationType.CU_MEM_LOCATION_TYPE_DEVICE
-        prop.location.id = self.ordinal
-        prop.requestedHandleTypes = (
-            d.CUmemAllocationHandleType.CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR
-        )
+        prop = device_memory(d, self.ordinal, shareable=True)
         (handle,) = chk("cuMemCreate", d.cuMemCreate(nbytes, prop, 0))
         (ptr,) = chk("cuMemAddressReserve", d.cuMemAddressReserve(nbytes, 0, 0, 0))
         chk("cuMemMap", d.cuMemMap(ptr, nbytes, 0, handle, 0))
-        access = d.CUmemAccessDesc()
-        access.location.type = d.CUmemLocationType.CU_MEM_LOCATION_TYPE_DEVICE
-        access.location.id = self.ordinal
-        access.flags = d.CUmemAccess_flags.CU_MEM_ACCESS_FLAGS_PROT_READWRITE
+        access = read_write(d, self.ordinal)
         chk("cuMemSetAccess", d.cuMemSetAccess(ptr, nbytes, [access], 1))
         return handle, int(ptr)
 
@@ -420,14 +413,23 @@ class Loader:
         self.handles, self.ptrs = [], []
 
 
+@contextlib.contextmanager
+def _control_dir(control: Path) -> Iterator[int]:
+    """An O_NOFOLLOW handle of the pod's control dir: a planted link there is refused."""
+    dfd = os.open(control, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        yield dfd
+    finally:
+        os.close(dfd)
+
+
 def listen(control: Path, name: str, uid: int | None = None) -> socket.socket:
     """A listening unix socket ``name`` in ``control``, reached without following symlinks.
 
     The control dir belongs to the pod: the path goes through an O_NOFOLLOW
     handle of the directory, so a planted link cannot move the socket elsewhere.
     """
-    dfd = os.open(control, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW)
-    try:
+    with _control_dir(control) as dfd:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name, dir_fd=dfd)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -437,8 +439,6 @@ def listen(control: Path, name: str, uid: int | None = None) -> socket.socket:
         os.chmod(f"/proc/self/fd/{dfd}/{name}", 0o660 if uid is not None else 0o666)
         sock.listen(4)
         return sock
-    finally:
-        os.close(dfd)
 
 
 def serve(
@@ -454,8 +454,6 @@ def serve(
     throttle: Throttle | None = None,
 ) -> dict:
     """Listen first (the worker waits on us), load, hand over; returns what happened."""
-    from thaw.contract import GPU_REGIONS_SOCKET
-
     name = name or GPU_REGIONS_SOCKET
     t0 = time.monotonic()
     listener = listen(control, name, uid)
@@ -499,12 +497,8 @@ def serve(
         stats["error"] = f"handing the regions over failed: {e}"
     finally:
         listener.close()
-        with contextlib.suppress(OSError):
-            dfd = os.open(control, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW)
-            try:
-                os.unlink(name, dir_fd=dfd)
-            finally:
-                os.close(dfd)
+        with contextlib.suppress(OSError), _control_dir(control) as dfd:
+            os.unlink(name, dir_fd=dfd)
         if loader.handles:
             loader.close()
     return stats

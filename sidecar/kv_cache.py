@@ -44,6 +44,28 @@ def _check(d: Any, call: str, result: tuple) -> tuple:
     return result[1:]
 
 
+def device_memory(d: Any, device: int, shareable: bool = False) -> Any:
+    """Allocation properties of plain device memory on ``device`` (a POSIX fd if shareable)."""
+    prop = d.CUmemAllocationProp()
+    prop.type = d.CUmemAllocationType.CU_MEM_ALLOCATION_TYPE_PINNED
+    prop.location.type = d.CUmemLocationType.CU_MEM_LOCATION_TYPE_DEVICE
+    prop.location.id = device
+    if shareable:
+        prop.requestedHandleTypes = (
+            d.CUmemAllocationHandleType.CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR
+        )
+    return prop
+
+
+def read_write(d: Any, device: int) -> Any:
+    """Read/write access for ``device`` to a mapped range."""
+    access = d.CUmemAccessDesc()
+    access.location.type = d.CUmemLocationType.CU_MEM_LOCATION_TYPE_DEVICE
+    access.location.id = device
+    access.flags = d.CUmemAccess_flags.CU_MEM_ACCESS_FLAGS_PROT_READWRITE
+    return access
+
+
 class _Span:
     """What ``torch.as_tensor`` needs to alias device memory without copying."""
 
@@ -68,11 +90,7 @@ class VmmPool:
         (self._ctx,) = _check(d, "cuDevicePrimaryCtxRetain", d.cuDevicePrimaryCtxRetain(self._dev))
         self._make_current()
         self.device = device
-        prop = d.CUmemAllocationProp()
-        prop.type = d.CUmemAllocationType.CU_MEM_ALLOCATION_TYPE_PINNED
-        prop.location.type = d.CUmemLocationType.CU_MEM_LOCATION_TYPE_DEVICE
-        prop.location.id = device
-        self._prop = prop
+        prop = self._prop = device_memory(d, device)
         (gran,) = _check(
             d,
             "cuMemGetAllocationGranularity",
@@ -146,10 +164,7 @@ class VmmPool:
 
     def _set_access(self) -> None:
         d = self._d
-        access = d.CUmemAccessDesc()
-        access.location.type = d.CUmemLocationType.CU_MEM_LOCATION_TYPE_DEVICE
-        access.location.id = self.device
-        access.flags = d.CUmemAccess_flags.CU_MEM_ACCESS_FLAGS_PROT_READWRITE
+        access = read_write(d, self.device)
         _check(d, "cuMemSetAccess", d.cuMemSetAccess(self.ptr, self.nbytes, [access], 1))
 
     def release(self) -> None:

@@ -225,18 +225,8 @@ class Manifest:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Manifest:
-        try:
-            raw = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ManifestError(f"manifest is not valid JSON: {e}") from None
-        if not isinstance(raw, dict):
-            raise ManifestError("manifest must be a JSON object")
-        version = raw.get("schema_version")
-        if version != MANIFEST_SCHEMA_VERSION:
-            raise ManifestError(
-                f"unsupported manifest schema_version {version!r} "
-                f"(this thaw reads {MANIFEST_SCHEMA_VERSION})"
-            )
+        raw = _versioned_object(text, "manifest", MANIFEST_SCHEMA_VERSION, ManifestError)
+        version = raw["schema_version"]
         try:
             return cls(
                 name=_typed(raw, "name", str),
@@ -255,6 +245,22 @@ class Manifest:
             )
         except TypeError as e:
             raise ManifestError(f"manifest has a malformed field: {e}") from None
+
+
+def _versioned_object(text: str | bytes, what: str, version: int, error: type[ValueError]) -> dict:
+    """A JSON object of schema ``version``; anything else raises ``error`` saying what is wrong."""
+    try:
+        raw = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise error(f"{what} is not valid JSON: {e}") from None
+    if not isinstance(raw, dict):
+        raise error(f"{what} must be a JSON object")
+    if raw.get("schema_version") != version:
+        raise error(
+            f"unsupported {what} schema_version {raw.get('schema_version')!r} "
+            f"(this thaw reads {version})"
+        )
+    return raw
 
 
 def _file_entry(raw: object) -> FileEntry:
@@ -336,15 +342,7 @@ class GpuRegions:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> GpuRegions:
-        try:
-            raw = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise RegionsError(f"{GPU_REGIONS_FILE} is not valid JSON: {e}") from None
-        if not isinstance(raw, dict) or raw.get("schema_version") != GPU_REGIONS_SCHEMA_VERSION:
-            raise RegionsError(
-                f"{GPU_REGIONS_FILE}: unsupported schema_version "
-                f"{raw.get('schema_version') if isinstance(raw, dict) else raw!r}"
-            )
+        raw = _versioned_object(text, GPU_REGIONS_FILE, GPU_REGIONS_SCHEMA_VERSION, RegionsError)
         try:
             regions = tuple(
                 GpuRegion(

@@ -15,34 +15,17 @@ from agent.store import (
     Store,
     StoreError,
     compat_problem,
-    file_entries,
     new_name,
     validate_key,
     validate_name,
     verify,
 )
-from thaw.contract import CRIU_IMAGES_DIR, MANIFEST_FILE, Manifest
+from tests.support.snapshots import publish_fake
+from thaw.contract import MANIFEST_FILE
 
 
 def _publish(store: Store, name: str = "snap-a", key: str = "k", payload: bytes = b"pages"):
-    staging = store.new_staging(name)
-    (staging / CRIU_IMAGES_DIR).mkdir()
-    (staging / CRIU_IMAGES_DIR / "pages-1.img").write_bytes(payload)
-    (staging / "process.json").write_text("{}")
-    import platform
-
-    manifest = Manifest(
-        name=name,
-        key=key,
-        created="2026-01-01T00:00:00Z",
-        image="img",
-        kernel=platform.release(),
-        arch=platform.machine(),
-        criu_version="4.1.1",
-        root_pid=301,
-        files=file_entries(staging),
-    )
-    return store.publish(staging, manifest), manifest
+    return publish_fake(store, name, key, payload, process_info=True)
 
 
 def test_publish_is_a_rename_and_verify_passes(tmp_path):

@@ -12,14 +12,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import platform
 import shutil
 import threading
 from pathlib import Path
 
 import pytest
 
-from agent.store import Store, file_entries, verify
+from agent.store import Store, verify
+from tests.support.snapshots import publish_fake
 from tests.support.workers import SEED, worker_argv
 from thaw import sample_worker
 from thaw.contract import CRIU_IMAGES_DIR, MANIFEST_FILE, Manifest, Signal
@@ -40,21 +40,7 @@ def redate(folder: Path, created: str, mtime: int) -> Manifest:
 
 
 def publish(store: Store, name: str) -> Path:
-    staging = store.new_staging(name)
-    (staging / CRIU_IMAGES_DIR).mkdir()
-    (staging / CRIU_IMAGES_DIR / "pages-1.img").write_bytes(os.urandom(4096))
-    manifest = Manifest(
-        name=name,
-        key="k",
-        created="2026-01-01T00:00:00Z",
-        image="img",
-        kernel=platform.release(),
-        arch=platform.machine(),
-        criu_version="4.1.1",
-        root_pid=301,
-        files=file_entries(staging),
-    )
-    return store.publish(staging, manifest)
+    return publish_fake(store, name, payload=os.urandom(4096))[0]
 
 
 @pytest.mark.parametrize("created", SKEWED)

@@ -25,6 +25,7 @@ from agent import procfs
 from agent.daemon import Agent
 from agent.local import LocalPods, LocalSink, read_events, start_checkpoint_pod
 from agent.store import Store
+from tests.support.snapshots import swrk_below
 from tests.support.workers import SEED, worker_argv
 from thaw import sample_worker
 from thaw.contract import CRIU_IMAGES_DIR, STORE_STAGING_DIR, Signal
@@ -80,16 +81,6 @@ def test_store_full_fails_clearly_and_source_keeps_serving(criu_ready, root, pod
         subprocess.run(["umount", "-l", str(store)], check=False)
 
 
-def _swrk_below(pid: int) -> int | None:
-    todo = [pid]
-    while todo:
-        for kid in procfs.children_of(todo.pop()):
-            if any("swrk" in a for a in procfs.cmdline(kid)):
-                return kid
-            todo.append(kid)
-    return None
-
-
 def test_criu_killed_mid_dump_leaves_source_running(criu_ready, root, pods, agents):
     store = root / "store"
     agents(root, store)
@@ -98,7 +89,7 @@ def test_criu_killed_mid_dump_leaves_source_running(criu_ready, root, pods, agen
     def kill_criu_while_it_writes_pages() -> None:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
-            swrk = _swrk_below(os.getpid())
+            swrk = swrk_below(os.getpid())
             if swrk is None:
                 time.sleep(0.002)
                 continue

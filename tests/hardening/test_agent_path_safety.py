@@ -13,7 +13,6 @@ import dataclasses
 import io
 import json
 import os
-import platform
 import shutil
 import sys
 import tarfile
@@ -27,11 +26,11 @@ from agent.store import (
     SnapshotInvalid,
     Store,
     StoreError,
-    file_entries,
     validate_key,
     validate_name,
     verify,
 )
+from tests.support.snapshots import publish_fake
 from tests.support.workers import SEED, worker_argv
 from thaw import sample_worker
 from thaw.contract import (
@@ -44,21 +43,7 @@ from thaw.contract import (
 
 
 def publish(store: Store, name: str = "snap-a") -> Path:
-    staging = store.new_staging(name)
-    (staging / CRIU_IMAGES_DIR).mkdir()
-    (staging / CRIU_IMAGES_DIR / "pages-1.img").write_bytes(b"pages")
-    manifest = Manifest(
-        name=name,
-        key="k",
-        created="2026-01-01T00:00:00Z",
-        image="img",
-        kernel=platform.release(),
-        arch=platform.machine(),
-        criu_version="4.1.1",
-        root_pid=301,
-        files=file_entries(staging),
-    )
-    return store.publish(staging, manifest)
+    return publish_fake(store, name)[0]
 
 
 @pytest.mark.parametrize("name", ["snap\n", "snap\x00", "snap\x00/../../etc", "\nsnap", "snap/"])

@@ -33,6 +33,7 @@ from agent.local import (
 )
 from agent.steps import BaseStep
 from agent.store import Store, verify
+from tests.support.snapshots import swrk_below
 from tests.support.workers import SEED, worker_argv
 from thaw import sample_worker
 from thaw.contract import MANIFEST_FILE, Manifest, Signal
@@ -175,14 +176,6 @@ def test_artifact_deleted_between_verify_and_criu(snapshot, root, pods, agents):
 
 
 # --- 3: CRIU killed mid-restore -------------------------------------------------------
-def _swrk_below(pid: int) -> int | None:
-    todo = [pid]
-    while todo:
-        for kid in procfs.children_of(todo.pop()):
-            if any("swrk" in a for a in procfs.cmdline(kid)):
-                return kid
-            todo.append(kid)
-    return None
 
 
 def _wait_restore_in_flight(dst, root_pid: int, under: int, timeout: float = 60) -> int:
@@ -195,7 +188,7 @@ def _wait_restore_in_flight(dst, root_pid: int, under: int, timeout: float = 60)
     deadline = time.monotonic() + timeout
     swrk = None
     while time.monotonic() < deadline:
-        swrk = swrk if swrk is not None and procfs.alive(swrk) else _swrk_below(under)
+        swrk = swrk if swrk is not None and procfs.alive(swrk) else swrk_below(under)
         if swrk is not None and in_box.exists():
             return swrk
     raise TimeoutError("the restore never got under way (or ended before it was seen)")
