@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pycriu.rpc_pb2 as rpc
 
-from agent import criu, procfs, rootfs
+from agent import criu, image_pages, procfs, rootfs
 from agent.steps import DumpContext, Step, default_steps
 from agent.store import Store, StoreError, file_entries, new_name, utc_now, validate_key
 from thaw.contract import (
@@ -203,6 +203,13 @@ def checkpoint(
         raise CheckpointError(f"resuming the source failed: {'; '.join(after_errors)}")
 
     try:
+        t = time.monotonic()
+        # Zero pages of private anonymous memory read back as zero without being restored:
+        # dropped here, a GPU engine's snapshot loses ~40% (agent.image_pages).
+        dropped = image_pages.drop_zero_pages(staging / CRIU_IMAGES_DIR)
+        timings["zero_pages_s"] = time.monotonic() - t
+        timings["zero_pages_dropped_bytes"] = float(dropped.bytes_dropped)
+
         t = time.monotonic()
         if upper is not None and upper.is_dir():
             rootfs.capture(upper, staging / ROOTFS_DIFF_FILE)

@@ -42,6 +42,9 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
+from agent import file_pages
+from agent.file_pages import FileRange
+from agent.procfs import resolve_under
 from thaw import fdpass
 from thaw.contract import GPU_REGIONS_SOCKET, GpuRegion, GpuRegions, RegionsError
 
@@ -222,8 +225,11 @@ class Loader:
         chunk: int = DEFAULT_CHUNK,
         direct: bool = True,
         throttle: Throttle | None = None,
+        first: Sequence[FileRange] = (),
     ) -> None:
         self.spec, self.root, self.readers, self.chunk = spec, Path(root), readers, chunk
+        self.first = list(first)  # page-cache reads ahead of the regions (CRIU's images)
+        self.first_bytes = 0
         self.throttle = throttle or Throttle()
         self.direct = direct
         self.device_uuid = device_uuid or spec.device_uuid
@@ -375,9 +381,56 @@ class Loader:
                     free.append((buf, pinned))
                 self.throttle.release()
 
+        t_first = time.monotonic()
+        first_left = [len(self.first)]
+        cached: dict[tuple[str, bool], int] = {}
+
+        def ahead(r: FileRange) -> None:
+            """One page-cache read of what CRIU or the resumed process reads next."""
+            try:
+                key = (r.path, r.in_root)
+                with lock:
+                    fd = cached.get(key)
+                if fd is None:  # opened outside the lock: a cold lookup must not stall the rest
+                    try:
+                        where = resolve_under(self.root, r.path) if r.in_root else r.path
+                        fd = os.open(where, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                    except OSError:
+                        fd = -1
+                    with lock:
+                        if key in cached:  # another reader won the race
+                            if fd >= 0:
+                                os.close(fd)
+                            fd = cached[key]
+                        else:
+                            cached[key] = fd
+                if fd >= 0:
+                    # WILLNEED reads exactly the range (no readahead marks that would pull
+                    # more in later); the read below just waits for it
+                    with contextlib.suppress(OSError):
+                        os.posix_fadvise(fd, r.offset, r.length, os.POSIX_FADV_WILLNEED)
+                    if not hasattr(local, "scratch"):
+                        local.scratch = bytearray(self.chunk)
+                    pos, end = r.offset, r.offset + r.length
+                    while pos < end:
+                        n = os.preadv(
+                            fd, [memoryview(local.scratch)[: min(self.chunk, end - pos)]], pos
+                        )
+                        if n <= 0:
+                            break
+                        pos += n
+                    with lock:
+                        self.first_bytes += pos - r.offset
+            finally:
+                with lock:
+                    first_left[0] -= 1
+                    if first_left[0] == 0:
+                        self.timings["first_done_at_s"] = time.monotonic() - t_first
+
         try:
             with ThreadPoolExecutor(self.readers, thread_name_prefix="regions") as pool:
-                pending = {pool.submit(run, j) for j in jobs}
+                pending = {pool.submit(ahead, r) for r in self.first}  # FIFO: these go first
+                pending |= {pool.submit(run, j) for j in jobs}
                 while pending:  # short waits: the main thread must stay free for signals
                     done, pending = wait(pending, timeout=0.05, return_when=FIRST_EXCEPTION)
                     for f in done:
@@ -389,6 +442,9 @@ class Loader:
                 self.drv._check("cuCtxSetCurrent", self.d.cuCtxSetCurrent(self.ctx))
                 self.drv._check("cuCtxSynchronize", self.d.cuCtxSynchronize())
         finally:
+            for fd in cached.values():
+                if fd >= 0:
+                    os.close(fd)
             for addr, is_pinned in free:
                 if is_pinned:
                     self.d.cuMemHostUnregister(addr)
@@ -452,13 +508,15 @@ def serve(
     timeout_s: float = ACCEPT_TIMEOUT_S,
     name: str = "",
     throttle: Throttle | None = None,
+    first: Sequence[FileRange] = (),
+    chunk: int = DEFAULT_CHUNK,
 ) -> dict:
     """Listen first (the worker waits on us), load, hand over; returns what happened."""
     name = name or GPU_REGIONS_SOCKET
     t0 = time.monotonic()
     listener = listen(control, name, uid)
     stats: dict[str, Any] = {"ok": False}
-    loader = Loader(spec, root, device_uuid, readers=readers, direct=direct, throttle=throttle)
+    loader = Loader(spec, root, device_uuid, readers, chunk, direct, throttle, first)
     try:
         try:
             loader.load()
@@ -468,6 +526,8 @@ def serve(
             return stats
         finally:
             stats.update(loader.timings, bytes=loader.bytes_read, direct=loader.used_direct)
+            if loader.first:
+                stats["first_bytes"] = loader.first_bytes
             if loader.unleashed_at is not None:  # into the fill, when SIGUSR1 came
                 stats["full_speed_after_s"] = loader.unleashed_at
             stats["loaded_at_s"] = time.monotonic() - t0
@@ -505,6 +565,7 @@ def serve(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    started = time.time()
     # First thing: SIGUSR1 means "CRIU is done, read at full speed", never "die".
     signalled = threading.Event()
     signal.signal(signal.SIGUSR1, lambda *_: signalled.set())
@@ -514,6 +575,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--root", default="/", type=Path, help="the worker's root, e.g. /proc/PID/root")
     p.add_argument("--device-uuid", default="")
     p.add_argument("--readers", type=int, default=DEFAULT_READERS)
+    p.add_argument("--chunk-mib", type=int, default=DEFAULT_CHUNK >> 20, help="bytes per read")
     p.add_argument("--buffered", action="store_true", help="read through the page cache")
     p.add_argument("--uid", type=int, default=None, help="owner of the socket (the worker's uid)")
     p.add_argument("--timeout", type=float, default=ACCEPT_TIMEOUT_S)
@@ -522,6 +584,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--gentle", default="", metavar="READERS[:GB_PER_S][:idle]",
         help="until SIGUSR1: at most READERS reads in flight (0: any), paced to GB_PER_S, "
         "in the idle I/O class with :idle",
+    )  # fmt: skip
+    p.add_argument(
+        "--first", type=Path, default=None,
+        help="file ranges (file-pages JSON) to read into the page cache before the regions",
     )  # fmt: skip
     a = p.parse_args(argv)
     try:
@@ -533,13 +599,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         throttle.full()
     try:
         spec = GpuRegions.from_json(a.spec.read_bytes())
-    except (OSError, RegionsError) as e:
+        first = file_pages.from_json(a.first.read_bytes()) if a.first else []
+    except (OSError, RegionsError, file_pages.FilePagesError) as e:
         print(f"gpu-regions: {e}", file=sys.stderr)
         return 2
     stats = serve(
         spec, a.control, a.root, a.device_uuid, a.readers, not a.buffered, a.uid, a.timeout,
-        throttle=throttle,
+        throttle=throttle, first=first, chunk=a.chunk_mib << 20,
     )  # fmt: skip
+    stats["started_wall"] = started
     if a.stats:
         a.stats.write_text(json.dumps(stats, indent=1) + "\n")
     if not stats["ok"]:

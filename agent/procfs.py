@@ -113,7 +113,11 @@ def resolve_in_root(pid: int, path: str, max_links: int = 40) -> Path:
     ``/run``: the kernel would resolve that absolute link against *our* root. So we walk
     the components ourselves and restart absolute links at the container's root.
     """
-    root = PROC / str(pid) / "root"
+    return resolve_under(PROC / str(pid) / "root", path, max_links)
+
+
+def resolve_under(root: Path, path: str, max_links: int = 40) -> Path:
+    """``path`` inside ``root`` (a process's ``/proc/PID/root``), symlinks kept inside it."""
     done: list[str] = []
     todo = [p for p in path.split("/") if p not in ("", ".")]
     links = 0
@@ -131,7 +135,7 @@ def resolve_in_root(pid: int, path: str, max_links: int = 40) -> Path:
             continue
         links += 1
         if links > max_links:
-            raise OSError(f"too many symlinks resolving {path} in pid {pid}'s root")
+            raise OSError(f"too many symlinks resolving {path} in {root}")
         if target.startswith("/"):
             done = []
         todo = [p for p in target.split("/") if p not in ("", ".")] + todo

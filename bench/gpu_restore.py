@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import dataclasses
 import gc
 import hashlib
 import json
@@ -51,7 +52,13 @@ sys.path.insert(0, str(REPO))
 
 from agent.gpu_regions import DEFAULT_GENTLE  # noqa: E402
 from sidecar import hooks  # noqa: E402
-from thaw.contract import ENV_CONTROL_DIR, ENV_MODE, GPU_REGIONS_FILE, Signal  # noqa: E402
+from thaw.contract import (  # noqa: E402
+    ENV_CONTROL_DIR,
+    ENV_MODE,
+    FILE_PAGES_FILE,
+    GPU_REGIONS_FILE,
+    Signal,
+)
 
 PROMPT_LEN = 32
 NEW_TOKENS = 32
@@ -327,8 +334,12 @@ class Bench:
         return ["--file-locks", "--tcp-established", "--ext-unix-sk", "--link-remap",
                 "--ghost-limit", "512M"]  # fmt: skip
 
-    def checkpoint(self, proc, control: Path, results: Path, image: Path, storage: str) -> dict:
+    def checkpoint(
+        self, proc, control: Path, results: Path, image: Path, storage: str, sparsify: bool = True
+    ) -> dict:
+        from agent import file_pages
         from agent.cuda_checkpoint import CudaCheckpointStep
+        from agent.image_pages import census
 
         wait_file(control / Signal.READY_FOR_CHECKPOINT.value, 120, proc.pid)
         ready = json.loads((control / Signal.READY_FOR_CHECKPOINT.value).read_text())
@@ -346,6 +357,8 @@ class Bench:
             capture_output=True, text=True,
         )  # fmt: skip
         t2 = time.monotonic()
+        recorded = file_pages.record([proc.pid])  # the agent's FilePagesStep
+        (image / FILE_PAGES_FILE).write_text(recorded.to_json())
         if dump.returncode != 0:
             step.abort()
             log = (image / "dump.log").read_text()[-4000:] if (image / "dump.log").exists() else ""
@@ -360,6 +373,16 @@ class Bench:
         if regions.exists():  # what the agent's GpuRegionsStep copies into the snapshot
             shutil.copy(regions, image / GPU_REGIONS_FILE)
         artifact = sum(p.stat().st_size for p in artifact_files(image))
+        tc = time.monotonic()
+        pages = census(image).to_dict() if sparsify else {}
+        pages["census_s"] = time.monotonic() - tc
+        if sparsify and self.args.sparsify == "sparse":  # what the agent does after every dump
+            from agent.image_pages import drop_zero_pages
+
+            tc = time.monotonic()
+            pages["dropped"] = dataclasses.asdict(drop_zero_pages(image))
+            pages["drop_s"] = time.monotonic() - tc
+            artifact = sum(p.stat().st_size for p in artifact_files(image))
         (image / "gpus.json").write_text(json.dumps([g.__dict__ for g in step.gpus]))
         (image / "mapped-files.json").write_text(json.dumps(mapped_files(proc.pid)))
         external = ready.get("prefetch", [])
@@ -378,6 +401,10 @@ class Bench:
                 "gpu_bytes_serving", 0
             ),
             "host_rss_bytes_at_checkpoint": rss,
+            "page_census": pages,
+            "file_pages_bytes": recorded.bytes,
+            "file_pages_cow_bytes": file_pages.total_bytes(recorded.cow),
+            "file_pages_ranges": len(recorded.cow) + len(recorded.mapped),
             "worker_reported": ready,
             "source_tokens": src["tokens"],
             "source_logits_sha256": src["logits_sha256"],
@@ -388,13 +415,15 @@ class Bench:
             f"checkpoint[{storage}] {res['checkpoint_s']:.2f}s (cuda {t1 - t0:.2f} "
             f"dump {t2 - t1:.2f} "
             f"resume {t3 - t2:.2f}), artifact {artifact / 1e9:.2f} GB, GPU-resident "
-            f"{gpu_resident / 1e9:.2f} GB, RSS {rss / 1e9:.2f} GB",
+            f"{gpu_resident / 1e9:.2f} GB, RSS {rss / 1e9:.2f} GB; pages {pages}; touched file "
+            f"pages {recorded.bytes / 1e9:.3f} GB",
             flush=True,
         )
         return res
 
     # --- restore ------------------------------------------------------------------------
     def restore(self, image: Path, control: Path, results: Path, how: str, verbose=False) -> dict:
+        how = how.removesuffix("+v")  # +v: CRIU's debug log (the mode says what is verbose)
         from agent.cuda_checkpoint import CudaCheckpointStep
         from sidecar.prefetch import prefetch
         from thaw.contract import GpuInfo
@@ -409,6 +438,11 @@ class Bench:
         pidfile = image / "restored.pid"
         pidfile.unlink(missing_ok=True)
         drop_caches()
+        if how.startswith(("loader", "ordered")):  # the agent is a running daemon: its own
+            subprocess.run(
+                [sys.executable, "-c", "import agent.gpu_regions"], cwd=str(REPO)
+            )  # code is cached
+        io = [disk_reads()]
         t0 = time.time()
         m0 = time.monotonic()
         pre = None
@@ -435,34 +469,58 @@ class Bench:
         loader = None
         loader_stats = self.work / "loader-stats.json"
         gentle = ""
-        if how.startswith("loader"):  # the agent's GpuRegionsStep: weights refilled beside CRIU
-            # loader: gentle while CRIU runs (the agent's default), loader@R:G: gentle with R
+        first: list[str] = []
+        if how.startswith("ordered"):  # one reader pool in priority order, nothing held back:
+            # CRIU's small images, the file pages it and the resumed process fault in, CRIU's
+            # pages, then the weights (O_DIRECT onto the GPU)
+            from agent import file_pages
+
+            readers, _, chunk_mib = (how.partition("@")[2] or "4:4").partition(":")
+            reads = file_pages.restore_reads(image, int(chunk_mib) << 20, images=image)
+            warm = image / "warm-set.json"  # learned by the first restore of this image
+            if how.startswith("ordered-nolibs"):  # CRIU's images alone
+                reads = [r for r in reads if not r.in_root]
+            elif how.startswith("ordered-warm") and warm.exists():  # the learned set instead
+                mapped = set(file_pages.FilePages.from_json(
+                    (image / FILE_PAGES_FILE).read_bytes()).mapped)  # fmt: skip
+                reads = [r for r in reads if r not in mapped] + [
+                    dataclasses.replace(r, in_root=True)
+                    for r in file_pages.from_json(warm.read_bytes())
+                ]
+            (self.work / "first.json").write_bytes(file_pages.to_json(reads))
+            first = ["--first", str(self.work / "first.json")]
+        if how.startswith(("loader", "ordered")):  # the agent's GpuRegionsStep: weights refilled
+            # loader: gentle while CRIU runs (the earlier default), loader@R:G: gentle with R
             # readers paced to G GB/s, loader-full: never gentle, loader-buffered: page cache
-            gentle = how.partition("@")[2] or (
+            gentle = (how.partition("@")[2] if not first else "") or (
                 DEFAULT_GENTLE if how.split("@")[0] in ("loader", "loader-pf") else ""
             )
             loader_stats.unlink(missing_ok=True)
             loader = subprocess.Popen(
                 [sys.executable, "-m", "agent.gpu_regions", "--spec", str(image / GPU_REGIONS_FILE),
                  "--control", str(control), "--stats", str(loader_stats),
-                 "--readers", str(self.args.readers),
-                 *(["--gentle", gentle] if gentle else []),
+                 *(["--readers", readers, "--chunk-mib", chunk_mib] if first else
+                   ["--readers", str(self.args.readers)]),
+                 *(["--gentle", gentle] if gentle else []), *first,
                  *(["--buffered"] if how == "loader-buffered" else [])],
                 cwd=str(REPO), stdin=subprocess.DEVNULL,
             )  # fmt: skip
         if how.startswith("loader-pf"):  # + the restore init step's prefetch of CRIU's images
             fetcher = threading.Thread(target=prefetch, args=(files,), kwargs={"readers": 8})
             fetcher.start()
+        log_name = f"restore-{how}-{len(list(image.glob('restore-*.log')))}.log"
         m1 = time.monotonic()
+        io.append(disk_reads())
         rest = subprocess.run(
-            self.criu.argv("restore", "-D", str(image), "-o", f"restore-{how}.log",
+            self.criu.argv("restore", "-D", str(image), "-o", log_name,
                            *(["-v4"] if verbose else []),
                            "--restore-detached", "--pidfile", str(pidfile), *self.criu_opts()),
             capture_output=True, text=True,
         )  # fmt: skip
         m2 = time.monotonic()
+        io.append(disk_reads())
         if rest.returncode != 0:
-            log = image / f"restore-{how}.log"
+            log = image / log_name
             raise RuntimeError(f"criu restore failed: {rest.stderr}\n{log.read_text()[-4000:]}")
         if gentle and loader is not None:  # CRIU is done: the disk is the loader's
             loader.send_signal(signal.SIGUSR1)
@@ -473,8 +531,16 @@ class Bench:
         step = CudaCheckpointStep(state_dir=image if storage == "file" else None)
         step.after_restore(pid, gpus)
         m3 = time.monotonic()
+        io.append(disk_reads())
         hooks.write_signal(control, Signal.RESTORE_COMPLETE, {"pid": pid})
         wait_file(results / "restored.json", 120, pid)
+        io.append(disk_reads())
+        proc_files = file_rss(pid)
+        proc_files["vs_checkpoint"] = compare_pages(image, pid)
+        if not (image / "warm-set.json").exists():  # learn: what a restore of it touched
+            from agent import file_pages
+
+            (image / "warm-set.json").write_bytes(file_pages.to_json(file_pages.touched(pid)))
         rec = json.loads((results / "restored.json").read_text())
         if fetcher:
             fetcher.join()
@@ -482,6 +548,8 @@ class Bench:
         if loader is not None:
             loader.wait(timeout=120)
             loaded = json.loads(loader_stats.read_text()) if loader_stats.exists() else {}
+            if "started_wall" in loaded:  # the loader's clock starts when its Python does
+                loaded["started_after_s"] = loaded.pop("started_wall") - t0
         res = {
             "how": how,
             "storage": storage,
@@ -502,6 +570,14 @@ class Bench:
             "resume_to_first_token_s": rec["t_first"] - t0 - (m3 - m0),
             "tokens": rec["tokens"],
             "pid": pid,
+            # disk reads (bytes, requests) while: starting readers, CRIU, CUDA, resume to tokens
+            "disk_reads": {
+                phase: [b[0] - a[0], b[1] - a[1]]
+                for phase, a, b in zip(
+                    ("start", "criu", "cuda", "resume"), io, io[1:], strict=False
+                )
+            },
+            "restored_file_rss": proc_files,
         }
         print(
             f"restore[{res['weights']}/{how}] first token {res['restore_s']:.2f}s "
@@ -510,7 +586,8 @@ class Bench:
             f"resume+prefill {res['resume_to_first_token_s']:.2f}; weights from "
             f"{res['weights_source'] or '-'} {res['weights_reload_s']:.2f}s; hooks "
             f"{ {k: round(v, 3) for k, v in res['hook_timings'].items()} }; kv remap "
-            f"{ {k: round(v, 3) for k, v in res['kv_remap_timings'].items()} }; loader {loaded})",
+            f"{ {k: round(v, 3) for k, v in res['kv_remap_timings'].items()} }; loader {loaded}; "
+            f"disk {res['disk_reads']}; files {proc_files})",
             flush=True,
         )
         kill(pid)
@@ -542,12 +619,28 @@ class Bench:
         proc.kill()
         proc.wait(timeout=60)
         kill(proc.pid)
-        rows = []
-        for how in a.restore_modes:
-            x = self.restore(image, control, results, how)
-            ok = (x["tokens"], x["logits_sha256"]) == (cold["tokens"], cold["logits_sha256"])
-            rows.append((how, x["restore_s"], x["criu_restore_s"], x["loader"], ok))
-        self.results.update(explore=rows, checkpoint=ck, read_bandwidth=self.read_bandwidth(image))
+        rows, details = [], []
+        variants = {"both": ["as dumped", "zero pages dropped"], "sparse": ["zero pages dropped"]}
+        variants = variants.get(a.sparsify, ["as dumped"])
+        for variant in variants:
+            if variant == "zero pages dropped" and a.sparsify != "sparse":
+                from agent.image_pages import census, drop_zero_pages
+
+                t = time.monotonic()
+                dropped = drop_zero_pages(image)
+                ck["sparsify"] = {**dataclasses.asdict(dropped), "s": time.monotonic() - t,
+                                  "census_after": census(image).to_dict()}  # fmt: skip
+                print(f"sparsified: {ck['sparsify']}", flush=True)
+            for how in a.restore_modes:
+                x = self.restore(
+                    image, control, results, how, verbose=how == "diagnose" or how.endswith("+v")
+                )
+                ok = (x["tokens"], x["logits_sha256"]) == (cold["tokens"], cold["logits_sha256"])
+                rows.append((f"{how} [{variant}]", x["restore_s"], x["criu_restore_s"],
+                             x["loader"], ok))  # fmt: skip
+                details.append(x)
+        self.results.update(explore=rows, explore_restores=details, checkpoint=ck,
+                            read_bandwidth=self.read_bandwidth(image))  # fmt: skip
         for how, t, c, ld, ok in rows:
             loaded, full = ld.get("loaded_at_s", 0), ld.get("full_speed_after_s", -1)
             print(f"{how:24s} {t:6.2f}s criu {c:5.2f} loaded@{loaded:5.2f} "
@@ -578,6 +671,12 @@ class Bench:
         inductor = self.work / "inductor"
         r = self.results
         r["thp"] = _read("/sys/kernel/mm/transparent_hugepage/enabled")
+        r["read_ahead_kb"] = {
+            p.name: _read(str(p / "queue" / "read_ahead_kb"))
+            for p in Path("/sys/block").iterdir()
+            if (p / "device").exists()
+        }
+        print(f"read_ahead_kb {r['read_ahead_kb']}; THP {r['thp']}", flush=True)
         # 1. cold start, empty compile cache (mode off: it just serves and exits)
         proc, r["cold_start_s_empty_cache"], cold, _, _ = self.cold_start(
             "cold-empty",
@@ -664,7 +763,9 @@ class Bench:
                 "source-plain", inductor, "checkpoint", "plain", best["weights"]
             )
             plain_image = self.work / "image-plain"
-            pk = self.checkpoint(proc, control, results, plain_image, "host")
+            # as dumped: this KV cache is still zero (reset, never served into); a serving
+            # engine's is not, so dropping zero pages would hide what leaving it mapped costs
+            pk = self.checkpoint(proc, control, results, plain_image, "host", sparsify=False)
             proc.kill()
             proc.wait(timeout=60)
             kill(proc.pid)
@@ -723,6 +824,58 @@ def direct_read_gbps(files: list[Path], readers: int, chunk: int = 16 << 20) -> 
             for fd in state.get("fds", {}).values():
                 os.close(fd)
     return total[0] / (time.monotonic() - t0) / 1e9
+
+
+def compare_pages(image: Path, pid: int) -> dict:
+    """The restored process's mapped file pages now vs those recorded at the checkpoint."""
+    from agent import file_pages
+
+    def pages(ranges) -> set:
+        return {(r.path, off) for r in ranges for off in range(r.offset, r.offset + r.length, 4096)}
+
+    try:
+        rec = file_pages.FilePages.from_json((image / FILE_PAGES_FILE).read_bytes())
+        ck = list(rec.cow) + list(rec.mapped)
+        now = file_pages.touched(pid)
+    except (OSError, ValueError):
+        return {}
+    a, b = pages(ck), pages(now)
+    by_file: dict[str, int] = {}
+    for path, _ in a:
+        by_file[path] = by_file.get(path, 0) + 4096
+    top = sorted(by_file.items(), key=lambda kv: -kv[1])[:10]
+    return {"checkpoint_bytes": len(a) * 4096, "restored_bytes": len(b) * 4096,
+            "both_bytes": len(a & b) * 4096, "restored_only_bytes": len(b - a) * 4096,
+            "checkpoint_top": [[Path(k).name, v] for k, v in top]}  # fmt: skip
+
+
+def disk_reads() -> tuple[int, int]:
+    """(bytes, requests) read so far from this machine's disks (not partitions, not loops)."""
+    disks = {p.name for p in Path("/sys/block").iterdir() if (p / "device").exists()}
+    nbytes = nreq = 0
+    for line in Path("/proc/diskstats").read_text().splitlines():
+        f = line.split()
+        if len(f) > 6 and f[2] in disks:
+            nreq += int(f[3])
+            nbytes += int(f[5]) * 512
+    return nbytes, nreq
+
+
+def file_rss(pid: int) -> dict:
+    """Resident bytes of mapped files (the restored process read them all after the drop)."""
+    per: dict[str, int] = {}
+    path, majflt = "", 0
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+            head = line.split(None, 5)
+            if head and "-" in head[0] and len(head) >= 5:
+                path = head[5] if len(head) == 6 and head[5].startswith("/") else ""
+            elif path and line.startswith("Rss:"):
+                per[path] = per.get(path, 0) + int(line.split()[1]) * 1024
+        majflt = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[9])
+    top = sorted(per.items(), key=lambda kv: -kv[1])[:8]
+    return {"bytes": sum(per.values()), "files": len(per), "majflt": majflt,
+            "top": [[Path(k).name, v] for k, v in top]}  # fmt: skip
 
 
 def mapped_files(pid: int) -> list[str]:
@@ -896,12 +1049,15 @@ def main() -> None:
     r.add_argument("--small", action="store_true", help="tiny model: a smoke test of the pipeline")
     r.add_argument("--no-kv-plain", dest="kv_plain", action="store_false")
     modes = ("direct", "prefetch", "overlap", "trickle", "stream", "tail", "loader",
-             "loader-full", "loader-buffered", "loader-pf")  # fmt: skip
+             "loader-full", "loader-buffered", "loader-pf", "ordered", "ordered-nolibs",
+             "ordered-warm", "diagnose")  # fmt: skip
     r.add_argument(
         "--restore-modes",
         nargs="+",
-        type=lambda m: m if m.split("@")[0] in modes else parser.error(f"mode {m}"),
-        default=["direct", "loader-full", "loader"],
+        type=lambda m: (
+            m if m.removesuffix("+v").split("@")[0] in modes else parser.error(f"mode {m}")
+        ),
+        default=["direct", "loader", "ordered"],
     )
     r.add_argument("--repeat", type=int, default=3, help="restores of the best path (median)")
     r.add_argument(
@@ -911,6 +1067,10 @@ def main() -> None:
     r.add_argument("--keep-modes", nargs="+", choices=modes, default=["direct"])
     r.add_argument("--weights", nargs="+", default=["keep", "release"], choices=("keep", "release"))
     r.add_argument("--diagnose", action="store_true", help="an extra restore with CRIU -v4")
+    r.add_argument(
+        "--sparsify", choices=("no", "both", "sparse"), default="sparse",
+        help="explore: restore the image as dumped, without its zero pages, or both",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.cmd == "worker":
         worker(args)

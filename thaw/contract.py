@@ -144,6 +144,7 @@ STORE_STAGING_DIR: Final = ".staging"  # snapshots are built here, then renamed
 CRIU_IMAGES_DIR: Final = "criu"  # CRIU image files inside a snapshot folder
 ROOTFS_DIFF_FILE: Final = "rootfs-diff.tar"  # container's overlay upper dir
 PROCESS_INFO_FILE: Final = "process.json"  # dumped tree: root pid, stdio the restore re-wires
+FILE_PAGES_FILE: Final = "file-pages.json"  # pages of mapped files a restore reads (agent)
 
 
 class ManifestError(ValueError):

@@ -1,0 +1,232 @@
+"""File pages a restore reads besides CRIU's images, and the order a restore reads it all in.
+
+A restored engine reads more than CRIU's images. Every private file mapping
+with dumped pages (relocated library data) makes CRIU's page restore fault
+the original page in from the file first; after CRIU the resumed process
+faults in the library code it runs. Those are small synchronous reads spread
+over big files (``libtorch_cuda.so``, ``libcublasLt.so``), each widened to the
+disk's readahead window (8 MiB on the GPU nodes measured): cheap on an idle
+disk, slow behind other readers, and several times the bytes needed.
+
+At checkpoint :func:`record` takes them from ``/proc/PID/pagemap`` (pages in
+the tree's page tables): ``cow``, the private copies CRIU dumps, whose
+originals its restore faults in, and ``mapped``, the rest. A restore then
+reads everything in one order through one pool of readers
+(:func:`restore_reads`, run by ``agent.gpu_regions`` before the GPU regions):
+CRIU's small images, the ``cow`` originals, CRIU's pages, then the mapped
+pages the resumed process will touch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import struct
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from thaw.contract import CRIU_IMAGES_DIR, FILE_PAGES_FILE
+
+PAGE = 4096
+PRESENT = 1 << 63
+FILE_OR_SHARED = 1 << 61  # clear on a present page of a file mapping: a private (COW) copy
+MERGE_GAP = 128 << 10  # read across holes smaller than this: one larger request is cheaper
+MAX_RANGE = 16 << 20
+IMAGE_PIECE = 4 << 20  # CRIU's pages are read in pieces this big, several at once
+SKIP_PREFIXES = ("/dev/", "/proc/", "/sys/", "/memfd:", "/SYSV", "/anon_hugepage")
+VERSION = 1
+
+
+class FilePagesError(ValueError):
+    """A file-pages record that does not parse."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FileRange:
+    """``length`` bytes at ``offset`` of ``path``; ``in_root``: a path of the worker's root."""
+
+    path: str
+    offset: int
+    length: int
+    in_root: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class FilePages:
+    cow: tuple[FileRange, ...] = ()
+    mapped: tuple[FileRange, ...] = ()
+
+    @property
+    def bytes(self) -> int:
+        return total_bytes(self.cow) + total_bytes(self.mapped)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"version": VERSION, "cow": _rows(self.cow), "mapped": _rows(self.mapped)}
+        )
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> FilePages:
+        try:
+            doc = json.loads(data)
+        except ValueError as e:
+            raise FilePagesError(f"{FILE_PAGES_FILE} is not JSON: {e}") from None
+        if not isinstance(doc, dict) or doc.get("version") != VERSION:
+            raise FilePagesError(f"{FILE_PAGES_FILE}: unknown version")
+        return cls(_ranges(doc.get("cow"), True), _ranges(doc.get("mapped"), True))
+
+
+def _rows(ranges: Iterable[FileRange]) -> list[list]:
+    return [[r.path, r.offset, r.length] for r in ranges]
+
+
+def _ranges(rows: object, in_root: bool) -> tuple[FileRange, ...]:
+    if not isinstance(rows, list):
+        raise FilePagesError(f"{FILE_PAGES_FILE}: ranges must be a list")
+    out = []
+    for row in rows:
+        if not (isinstance(row, list) and len(row) == 3):
+            raise FilePagesError(f"{FILE_PAGES_FILE}: bad range {row!r}")
+        path, offset, length = row
+        if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
+            raise FilePagesError(f"{FILE_PAGES_FILE}: not an absolute path: {path!r}")
+        if type(offset) is not int or type(length) is not int or offset < 0 or length <= 0:
+            raise FilePagesError(f"{FILE_PAGES_FILE}: bad range {offset!r}+{length!r} of {path}")
+        out.append(FileRange(path, offset, length, in_root))
+    return tuple(out)
+
+
+def _maps(pid: int) -> Iterable[tuple[int, int, int, str]]:
+    """(start, end, file offset, path) of the file-backed mappings of ``pid``."""
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        parts = line.split(None, 5)
+        if len(parts) < 6:
+            continue
+        path = parts[5]
+        if not path.startswith("/") or path.endswith(" (deleted)"):
+            continue
+        if path.startswith(SKIP_PREFIXES):
+            continue
+        start, end = (int(x, 16) for x in parts[0].split("-"))
+        yield start, end, int(parts[2], 16), path
+
+
+def touched(pid: int, cow_only: bool = False) -> list[FileRange]:
+    """Page ranges of each mapped file that ``pid`` has in its page tables, merged per file.
+
+    ``cow_only``: just the pages it holds a private copy of.
+    """
+    return _merged(_touched_pages(pid, cow_only))
+
+
+def _touched_pages(pid: int, cow_only: bool) -> dict[str, set[int]]:
+    pages: dict[str, set[int]] = {}
+    with open(f"/proc/{pid}/pagemap", "rb") as pm:
+        for start, end, offset, path in _maps(pid):
+            n = (end - start) // PAGE
+            pm.seek(start // PAGE * 8)
+            raw = pm.read(n * 8)
+            first = offset // PAGE
+            have = pages.setdefault(path, set())
+            for i, (entry,) in enumerate(struct.iter_unpack("<Q", raw)):
+                if entry & PRESENT and not (cow_only and entry & FILE_OR_SHARED):
+                    have.add(first + i)
+    return pages
+
+
+def _merged(pages: dict[str, set[int]], in_root: bool = False) -> list[FileRange]:
+    return merge(
+        FileRange(path, p * PAGE, PAGE, in_root)
+        for path, idx in sorted(pages.items())
+        for p in sorted(idx)
+    )
+
+
+def record(pids: Iterable[int]) -> FilePages:
+    """What a restore of the tree ``pids`` will read from its files (see the module doc)."""
+    cow: dict[str, set[int]] = {}
+    mapped: dict[str, set[int]] = {}
+    for pid in pids:
+        try:
+            for path, idx in _touched_pages(pid, cow_only=True).items():
+                cow.setdefault(path, set()).update(idx)
+            for path, idx in _touched_pages(pid, cow_only=False).items():
+                mapped.setdefault(path, set()).update(idx)
+        except OSError:  # gone meanwhile: CRIU will say so
+            continue
+    for path, idx in cow.items():
+        mapped[path] -= idx
+    return FilePages(tuple(_merged(cow, True)), tuple(_merged(mapped, True)))  # worker paths
+
+
+def merge(
+    ranges: Iterable[FileRange], gap: int = MERGE_GAP, cap: int = MAX_RANGE
+) -> list[FileRange]:
+    """Sorted ranges joined across holes below ``gap``, each at most ``cap`` bytes."""
+    out: list[FileRange] = []
+    for r in sorted(ranges, key=lambda r: (r.path, r.offset)):
+        last = out[-1] if out else None
+        if last and last.path == r.path and r.offset <= last.offset + last.length + gap:
+            end = max(last.offset + last.length, r.offset + r.length)
+            if end - last.offset <= cap:
+                out[-1] = dataclasses.replace(last, length=end - last.offset)
+                continue
+        out.append(r)
+    return out
+
+
+def split(ranges: Iterable[FileRange], size: int = MAX_RANGE) -> list[FileRange]:
+    """Each range cut into pieces of at most ``size`` bytes (parallel readers on one file)."""
+    return [
+        dataclasses.replace(r, offset=off, length=min(size, r.offset + r.length - off))
+        for r in ranges
+        for off in range(r.offset, r.offset + r.length, size)
+    ]
+
+
+def total_bytes(ranges: Sequence[FileRange]) -> int:
+    return sum(r.length for r in ranges)
+
+
+def restore_reads(
+    snapshot: Path, piece: int = IMAGE_PIECE, images: Path | None = None
+) -> list[FileRange]:
+    """Everything a restore of ``snapshot`` reads from disk before the GPU regions, in order.
+
+    CRIU's small images (host paths), the originals of the dumped private file
+    pages (worker's root), CRIU's page images in pieces, the other mapped pages.
+    A missing or unreadable file-pages record only drops those parts.
+    """
+    images = snapshot / CRIU_IMAGES_DIR if images is None else images
+    found = sorted(p for p in images.glob("*.img") if p.is_file()) if images.is_dir() else []
+    sized = [(p, p.stat().st_size) for p in found]
+    small = [FileRange(str(p), 0, n) for p, n in sized if n and not p.name.startswith("pages-")]
+    pages = [FileRange(str(p), 0, n) for p, n in sized if n and p.name.startswith("pages-")]
+    try:
+        files = FilePages.from_json((snapshot / FILE_PAGES_FILE).read_bytes())
+    except (OSError, FilePagesError):
+        files = FilePages()
+    return small + list(files.cow) + split(pages, piece) + list(files.mapped)
+
+
+def to_json(ranges: Sequence[FileRange]) -> bytes:
+    """A read list for ``agent.gpu_regions --first``."""
+    return json.dumps(
+        {"version": VERSION, "ranges": [[r.path, r.offset, r.length, r.in_root] for r in ranges]}
+    ).encode()
+
+
+def from_json(data: bytes) -> list[FileRange]:
+    try:
+        doc = json.loads(data)
+        if not isinstance(doc, dict) or doc.get("version") != VERSION:
+            raise FilePagesError("read list: unknown version")
+        out = []
+        for row in doc["ranges"]:
+            in_root = bool(row[3]) if isinstance(row, list) and len(row) == 4 else False
+            out.extend(_ranges([row[:3] if isinstance(row, list) else row], in_root))
+        return out
+    except (ValueError, KeyError, TypeError) as e:
+        if isinstance(e, FilePagesError):
+            raise
+        raise FilePagesError(f"read list does not parse: {e}") from e
