@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from agent.procfs import process_tree
 from thaw.contract import GpuInfo, format_gpu_uuid
 
 log = logging.getLogger(__name__)
@@ -223,28 +224,6 @@ def host_driver_version() -> str:
     except (OSError, subprocess.SubprocessError):
         pass
     return "unknown"
-
-
-# --- process tree -------------------------------------------------------------
-def process_tree(root: int, proc: Path = _PROC) -> list[int]:
-    """``root`` and all its descendants, parents first (from each task's children list)."""
-    seen: list[int] = []
-    queue = [root]
-    while queue:
-        pid = queue.pop(0)
-        if pid in seen:
-            continue
-        seen.append(pid)
-        try:
-            tasks = list((proc / str(pid) / "task").iterdir())
-        except OSError:
-            continue
-        for task in tasks:
-            try:
-                queue.extend(int(c) for c in (task / "children").read_text().split())
-            except (OSError, ValueError):
-                continue
-    return seen
 
 
 def cuda_processes(driver: CudaDriver, root: int) -> list[int]:

@@ -25,7 +25,7 @@ import struct
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from thaw.contract import CRIU_IMAGES_DIR, FILE_PAGES_FILE
+from thaw.contract import CRIU_IMAGES_DIR, FILE_PAGES_FILE, versioned_object
 
 PAGE = 4096
 PRESENT = 1 << 63
@@ -62,17 +62,12 @@ class FilePages:
 
     def to_json(self) -> str:
         return json.dumps(
-            {"version": VERSION, "cow": _rows(self.cow), "mapped": _rows(self.mapped)}
+            {"schema_version": VERSION, "cow": _rows(self.cow), "mapped": _rows(self.mapped)}
         )
 
     @classmethod
     def from_json(cls, data: bytes | str) -> FilePages:
-        try:
-            doc = json.loads(data)
-        except ValueError as e:
-            raise FilePagesError(f"{FILE_PAGES_FILE} is not JSON: {e}") from None
-        if not isinstance(doc, dict) or doc.get("version") != VERSION:
-            raise FilePagesError(f"{FILE_PAGES_FILE}: unknown version")
+        doc = versioned_object(data, FILE_PAGES_FILE, VERSION, FilePagesError)
         return cls(_ranges(doc.get("cow"), True), _ranges(doc.get("mapped"), True))
 
 
@@ -80,19 +75,21 @@ def _rows(ranges: Iterable[FileRange]) -> list[list]:
     return [[r.path, r.offset, r.length] for r in ranges]
 
 
-def _ranges(rows: object, in_root: bool) -> tuple[FileRange, ...]:
+def _ranges(rows: object, in_root: bool | None) -> tuple[FileRange, ...]:
+    """Rows ``[path, offset, length]``; with ``in_root`` None each row ends with its own flag."""
     if not isinstance(rows, list):
         raise FilePagesError(f"{FILE_PAGES_FILE}: ranges must be a list")
+    width = 4 if in_root is None else 3
     out = []
     for row in rows:
-        if not (isinstance(row, list) and len(row) == 3):
+        if not (isinstance(row, list) and len(row) == width):
             raise FilePagesError(f"{FILE_PAGES_FILE}: bad range {row!r}")
-        path, offset, length = row
+        path, offset, length = row[:3]
         if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
             raise FilePagesError(f"{FILE_PAGES_FILE}: not an absolute path: {path!r}")
         if type(offset) is not int or type(length) is not int or offset < 0 or length <= 0:
             raise FilePagesError(f"{FILE_PAGES_FILE}: bad range {offset!r}+{length!r} of {path}")
-        out.append(FileRange(path, offset, length, in_root))
+        out.append(FileRange(path, offset, length, bool(row[3]) if in_root is None else in_root))
     return tuple(out)
 
 
@@ -116,22 +113,28 @@ def touched(pid: int, cow_only: bool = False) -> list[FileRange]:
 
     ``cow_only``: just the pages it holds a private copy of.
     """
-    return _merged(_touched_pages(pid, cow_only))
+    cow, mapped = _touched_pages(pid)
+    if not cow_only:
+        for path, idx in cow.items():
+            mapped.setdefault(path, set()).update(idx)
+    return _merged(cow if cow_only else mapped)
 
 
-def _touched_pages(pid: int, cow_only: bool) -> dict[str, set[int]]:
-    pages: dict[str, set[int]] = {}
+def _touched_pages(pid: int) -> tuple[dict[str, set[int]], dict[str, set[int]]]:
+    """Page indexes per file of ``pid``'s present pages: (private copies, the rest)."""
+    cow: dict[str, set[int]] = {}
+    mapped: dict[str, set[int]] = {}
     with open(f"/proc/{pid}/pagemap", "rb") as pm:
         for start, end, offset, path in _maps(pid):
             n = (end - start) // PAGE
             pm.seek(start // PAGE * 8)
             raw = pm.read(n * 8)
             first = offset // PAGE
-            have = pages.setdefault(path, set())
             for i, (entry,) in enumerate(struct.iter_unpack("<Q", raw)):
-                if entry & PRESENT and not (cow_only and entry & FILE_OR_SHARED):
-                    have.add(first + i)
-    return pages
+                if entry & PRESENT:
+                    kind = mapped if entry & FILE_OR_SHARED else cow
+                    kind.setdefault(path, set()).add(first + i)
+    return cow, mapped
 
 
 def _merged(pages: dict[str, set[int]], in_root: bool = False) -> list[FileRange]:
@@ -148,14 +151,15 @@ def record(pids: Iterable[int]) -> FilePages:
     mapped: dict[str, set[int]] = {}
     for pid in pids:
         try:
-            for path, idx in _touched_pages(pid, cow_only=True).items():
-                cow.setdefault(path, set()).update(idx)
-            for path, idx in _touched_pages(pid, cow_only=False).items():
-                mapped.setdefault(path, set()).update(idx)
+            pc, pm = _touched_pages(pid)
         except OSError:  # gone meanwhile: CRIU will say so
             continue
-    for path, idx in cow.items():
-        mapped[path] -= idx
+        for into, found in ((cow, pc), (mapped, pm)):
+            for path, idx in found.items():
+                into.setdefault(path, set()).update(idx)
+    for path, idx in cow.items():  # one process's copy, another's shared page: read once
+        if path in mapped:
+            mapped[path] -= idx
     return FilePages(tuple(_merged(cow, True)), tuple(_merged(mapped, True)))  # worker paths
 
 
@@ -211,22 +215,10 @@ def restore_reads(
 
 def to_json(ranges: Sequence[FileRange]) -> bytes:
     """A read list for ``agent.gpu_regions --first``."""
-    return json.dumps(
-        {"version": VERSION, "ranges": [[r.path, r.offset, r.length, r.in_root] for r in ranges]}
-    ).encode()
+    rows = [[r.path, r.offset, r.length, r.in_root] for r in ranges]
+    return json.dumps({"schema_version": VERSION, "ranges": rows}).encode()
 
 
 def from_json(data: bytes) -> list[FileRange]:
-    try:
-        doc = json.loads(data)
-        if not isinstance(doc, dict) or doc.get("version") != VERSION:
-            raise FilePagesError("read list: unknown version")
-        out = []
-        for row in doc["ranges"]:
-            in_root = bool(row[3]) if isinstance(row, list) and len(row) == 4 else False
-            out.extend(_ranges([row[:3] if isinstance(row, list) else row], in_root))
-        return out
-    except (ValueError, KeyError, TypeError) as e:
-        if isinstance(e, FilePagesError):
-            raise
-        raise FilePagesError(f"read list does not parse: {e}") from e
+    doc = versioned_object(data, "read list", VERSION, FilePagesError)
+    return list(_ranges(doc.get("ranges"), None))

@@ -23,6 +23,27 @@ def children_of(pid: int) -> list[int]:
     return sorted(set(kids), key=_start_time)
 
 
+def process_tree(root: int, proc: Path = PROC) -> list[int]:
+    """``root`` and all its descendants, parents first (from each task's children list)."""
+    seen: list[int] = []
+    queue = [root]
+    while queue:
+        pid = queue.pop(0)
+        if pid in seen:
+            continue
+        seen.append(pid)
+        try:
+            tasks = list((proc / str(pid) / "task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                queue.extend(int(c) for c in (task / "children").read_text().split())
+            except (OSError, ValueError):
+                continue
+    return seen
+
+
 def _start_time(pid: int) -> int:
     try:
         stat = (PROC / str(pid) / "stat").read_text()

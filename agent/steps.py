@@ -97,12 +97,7 @@ class FilePagesStep(BaseStep):
         from agent import file_pages, procfs
 
         t = time.monotonic()
-        tree, todo = [], [ctx.host_pid]
-        while todo:
-            pid = todo.pop()
-            tree.append(pid)
-            todo.extend(procfs.children_of(pid))
-        pages = file_pages.record(tree)
+        pages = file_pages.record(procfs.process_tree(ctx.host_pid))
         (ctx.staging / FILE_PAGES_FILE).write_text(pages.to_json())
         ctx.timings["file_pages_s"] = time.monotonic() - t
         ctx.timings["file_pages_bytes"] = float(pages.bytes)
@@ -199,7 +194,11 @@ class GpuRegionsStep(BaseStep):
         uuid = _placeholder_gpu(ctx.into)
         if uuid:
             argv += ["--device-uuid", uuid]
-        self.loader = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            self.loader = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True)
+        except OSError:
+            self.reads.unlink(missing_ok=True)
+            raise
         threading.Thread(target=self._reap, name="gpu-regions-reap", daemon=True).start()
 
     def _reap(self) -> None:

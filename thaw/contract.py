@@ -226,7 +226,7 @@ class Manifest:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Manifest:
-        raw = _versioned_object(text, "manifest", MANIFEST_SCHEMA_VERSION, ManifestError)
+        raw = versioned_object(text, "manifest", MANIFEST_SCHEMA_VERSION, ManifestError)
         version = raw["schema_version"]
         try:
             return cls(
@@ -248,7 +248,7 @@ class Manifest:
             raise ManifestError(f"manifest has a malformed field: {e}") from None
 
 
-def _versioned_object(text: str | bytes, what: str, version: int, error: type[ValueError]) -> dict:
+def versioned_object(text: str | bytes, what: str, version: int, error: type[ValueError]) -> dict:
     """A JSON object of schema ``version``; anything else raises ``error`` saying what is wrong."""
     try:
         raw = json.loads(text)
@@ -343,7 +343,7 @@ class GpuRegions:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> GpuRegions:
-        raw = _versioned_object(text, GPU_REGIONS_FILE, GPU_REGIONS_SCHEMA_VERSION, RegionsError)
+        raw = versioned_object(text, GPU_REGIONS_FILE, GPU_REGIONS_SCHEMA_VERSION, RegionsError)
         try:
             regions = tuple(
                 GpuRegion(

@@ -179,11 +179,11 @@ def test_file_pages_record_and_restore_read_order(dumped, tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     "doc",
     [
-        '{"version": 2, "cow": [], "mapped": []}',
-        '{"version": 1, "cow": [["lib.so", 0, 4096]], "mapped": []}',
-        '{"version": 1, "cow": [], "mapped": [["/lib.so", -1, 4096]]}',
-        '{"version": 1, "cow": [], "mapped": [["/lib.so", 0, true]]}',
-        '{"version": 1, "cow": {}, "mapped": []}',
+        '{"schema_version": 2, "cow": [], "mapped": []}',
+        '{"schema_version": 1, "cow": [["lib.so", 0, 4096]], "mapped": []}',
+        '{"schema_version": 1, "cow": [], "mapped": [["/lib.so", -1, 4096]]}',
+        '{"schema_version": 1, "cow": [], "mapped": [["/lib.so", 0, true]]}',
+        '{"schema_version": 1, "cow": {}, "mapped": []}',
         "[]",
     ],
 )
