@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from agent.working_set import LEARN_AFTER_S
+
     snap = sub.add_parser("snapshot", help="checkpoint/restore/verify snapshots (needs root)")
     ssub = snap.add_subparsers(dest="snapshot_command", required=True, metavar="ACTION")
 
@@ -82,6 +84,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=None,
         help=f"drop snapshots older than this (default: ${ENV_RETENTION_MAX_AGE_HOURS} or never)",
+    )
+    p.add_argument(
+        "--learn-after",
+        type=float,
+        default=LEARN_AFTER_S,
+        metavar="SECONDS",
+        help="sample each restored worker this long after its restore to learn the file pages "
+        "later restores read ahead (0: never)",
     )
     _add_signing_key(p)
     _add_public_key(p, " (default: the signing key's public half)")
@@ -302,6 +312,7 @@ def cmd_agent_run(args: argparse.Namespace) -> int:
             restore_workers=args.restore_workers,
             retention=retention,
             verify_key=verify_key,
+            learn_after_s=args.learn_after,
         )
     except CriuMissing as e:
         return _fail(str(e))

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from agent import criu, procfs
+from agent import criu, leftovers, procfs, working_set
 from agent.checkpoint import CheckpointError, checkpoint
 from agent.pods import PodRef, PodSource, SnapshotSink, open_control_file
 from agent.restore import RestoreError, restore
@@ -29,6 +29,7 @@ from agent.retention import Retention, prune
 from agent.signing import Ed25519PublicKey, authorize_restore
 from agent.steps import Step
 from agent.store import SnapshotInvalid, Store, StoreError, new_name, verify
+from agent.working_set import LEARN_AFTER_S
 from thaw.contract import AGENT_LOCK_FILE, InjectedMode, Signal, Source
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class Agent:
         retention: Retention | None = None,
         steps: Callable[[], list[Step]] | None = None,
         verify_key: Ed25519PublicKey | None = None,
+        learn_after_s: float = LEARN_AFTER_S,
     ) -> None:
         self.source, self.sink, self.store, self.node = source, sink, store, node
         self.verify_key = verify_key  # set: only snapshots signed by it are restored
@@ -65,6 +67,8 @@ class Agent:
         self._stop = threading.Event()
         self.poll_s = poll_s
         self.steps = steps  # a fresh step list per operation; None: the default steps
+        self.learn_after_s = learn_after_s  # 0: never sample restored workers
+        self._timers: set[threading.Timer] = set()
 
     # --- loop -------------------------------------------------------------------
     def run(self) -> None:
@@ -77,6 +81,9 @@ class Agent:
 
     def stop(self, wait: bool = True) -> None:
         self._stop.set()
+        with self._lock:
+            for timer in self._timers:
+                timer.cancel()
         self._dumps.shutdown(wait=wait)
         self._restores.shutdown(wait=wait)
         self.source.close()
@@ -267,6 +274,41 @@ class Agent:
         self._finish_restore(pod, Signal.RESTORE_COMPLETE, payload)
         log.info("%s: restored %s as pid %d", pod.ident, name, result.pid)
         self.sink.restored(pod, name, summary)
+        if self.learn_after_s > 0:
+            worker = leftovers.identity(result.pid)  # its pid may be reused by then
+            self._later(self.learn_after_s, self.learn, pod.ident, name, result.pid, worker)
+
+    def _later(self, delay: float, fn: Callable, *args) -> None:
+        def run() -> None:
+            with self._lock:
+                self._timers.discard(timer)
+            if not self._stop.is_set():
+                fn(*args)
+
+        timer = threading.Timer(delay, run)
+        timer.daemon = True
+        with self._lock:
+            self._timers.add(timer)
+        timer.start()
+
+    def learn(self, ident: str, name: str, pid: int, identity: tuple | None = None) -> int:
+        """Add what restored worker ``pid`` touched to snapshot ``name``'s working set."""
+        if identity is not None and leftovers.identity(pid) != identity:
+            return 0  # the worker is gone (its pid may be another process's now)
+        staging = None
+        try:
+            folder = self.store.path(name)
+            staging = self.store.new_staging(name)
+            added = working_set.learn(folder, procfs.process_tree(pid), staging)
+        except (OSError, StoreError) as e:  # advisory: the next restore just reads more
+            log.info("%s: working set of %s not updated: %s", ident, name, e)
+            return 0
+        finally:
+            if staging is not None:
+                self.store.discard(staging)
+        if added:
+            log.info("%s: working set of %s grew by %d bytes", ident, name, added)
+        return added
 
     @staticmethod
     def _finish_restore(pod: PodRef, sig: Signal, payload: dict | str) -> None:

@@ -19,8 +19,10 @@ pages the resumed process will touch.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import struct
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -66,29 +68,29 @@ class FilePages:
         )
 
     @classmethod
-    def from_json(cls, data: bytes | str) -> FilePages:
-        doc = versioned_object(data, FILE_PAGES_FILE, VERSION, FilePagesError)
-        return cls(_ranges(doc.get("cow"), True), _ranges(doc.get("mapped"), True))
+    def from_json(cls, data: bytes | str, what: str = FILE_PAGES_FILE) -> FilePages:
+        doc = versioned_object(data, what, VERSION, FilePagesError)
+        return cls(_ranges(doc.get("cow"), True, what), _ranges(doc.get("mapped"), True, what))
 
 
 def _rows(ranges: Iterable[FileRange]) -> list[list]:
     return [[r.path, r.offset, r.length] for r in ranges]
 
 
-def _ranges(rows: object, in_root: bool | None) -> tuple[FileRange, ...]:
+def _ranges(rows: object, in_root: bool | None, what: str) -> tuple[FileRange, ...]:
     """Rows ``[path, offset, length]``; with ``in_root`` None each row ends with its own flag."""
     if not isinstance(rows, list):
-        raise FilePagesError(f"{FILE_PAGES_FILE}: ranges must be a list")
+        raise FilePagesError(f"{what}: ranges must be a list")
     width = 4 if in_root is None else 3
     out = []
     for row in rows:
         if not (isinstance(row, list) and len(row) == width):
-            raise FilePagesError(f"{FILE_PAGES_FILE}: bad range {row!r}")
+            raise FilePagesError(f"{what}: bad range {row!r}")
         path, offset, length = row[:3]
         if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
-            raise FilePagesError(f"{FILE_PAGES_FILE}: not an absolute path: {path!r}")
+            raise FilePagesError(f"{what}: not an absolute path: {path!r}")
         if type(offset) is not int or type(length) is not int or offset < 0 or length <= 0:
-            raise FilePagesError(f"{FILE_PAGES_FILE}: bad range {offset!r}+{length!r} of {path}")
+            raise FilePagesError(f"{what}: bad range {offset!r}+{length!r} of {path}")
         out.append(FileRange(path, offset, length, bool(row[3]) if in_root is None else in_root))
     return tuple(out)
 
@@ -113,14 +115,14 @@ def touched(pid: int, cow_only: bool = False) -> list[FileRange]:
 
     ``cow_only``: just the pages it holds a private copy of.
     """
-    cow, mapped = _touched_pages(pid)
+    cow, mapped = present_pages(pid)
     if not cow_only:
         for path, idx in cow.items():
             mapped.setdefault(path, set()).update(idx)
-    return _merged(cow if cow_only else mapped)
+    return merged(cow if cow_only else mapped)
 
 
-def _touched_pages(pid: int) -> tuple[dict[str, set[int]], dict[str, set[int]]]:
+def present_pages(pid: int) -> tuple[dict[str, set[int]], dict[str, set[int]]]:
     """Page indexes per file of ``pid``'s present pages: (private copies, the rest)."""
     cow: dict[str, set[int]] = {}
     mapped: dict[str, set[int]] = {}
@@ -137,7 +139,8 @@ def _touched_pages(pid: int) -> tuple[dict[str, set[int]], dict[str, set[int]]]:
     return cow, mapped
 
 
-def _merged(pages: dict[str, set[int]], in_root: bool = False) -> list[FileRange]:
+def merged(pages: dict[str, set[int]], in_root: bool = False) -> list[FileRange]:
+    """Page indexes per file as ranges, joined across small holes (:func:`merge`)."""
     return merge(
         FileRange(path, p * PAGE, PAGE, in_root)
         for path, idx in sorted(pages.items())
@@ -151,7 +154,7 @@ def record(pids: Iterable[int]) -> FilePages:
     mapped: dict[str, set[int]] = {}
     for pid in pids:
         try:
-            pc, pm = _touched_pages(pid)
+            pc, pm = present_pages(pid)
         except OSError:  # gone meanwhile: CRIU will say so
             continue
         for into, found in ((cow, pc), (mapped, pm)):
@@ -160,7 +163,7 @@ def record(pids: Iterable[int]) -> FilePages:
     for path, idx in cow.items():  # one process's copy, another's shared page: read once
         if path in mapped:
             mapped[path] -= idx
-    return FilePages(tuple(_merged(cow, True)), tuple(_merged(mapped, True)))  # worker paths
+    return FilePages(tuple(merged(cow, True)), tuple(merged(mapped, True)))  # worker paths
 
 
 def merge(
@@ -193,13 +196,18 @@ def total_bytes(ranges: Sequence[FileRange]) -> int:
 
 
 def restore_reads(
-    snapshot: Path, piece: int = IMAGE_PIECE, images: Path | None = None
+    snapshot: Path,
+    piece: int = IMAGE_PIECE,
+    images: Path | None = None,
+    learned: Sequence[FileRange] | None = None,
 ) -> list[FileRange]:
     """Everything a restore of ``snapshot`` reads from disk before the GPU regions, in order.
 
     CRIU's small images (host paths), the originals of the dumped private file
-    pages (worker's root), CRIU's page images in pieces, the other mapped pages.
-    A missing or unreadable file-pages record only drops those parts.
+    pages (worker's root), CRIU's page images in pieces, the other mapped pages:
+    the ``learned`` working set (``agent.working_set``) instead of all the dump
+    had mapped, when there is one. A missing or unreadable file-pages record
+    only drops those parts.
     """
     images = snapshot / CRIU_IMAGES_DIR if images is None else images
     found = sorted(p for p in images.glob("*.img") if p.is_file()) if images.is_dir() else []
@@ -210,7 +218,41 @@ def restore_reads(
         files = FilePages.from_json((snapshot / FILE_PAGES_FILE).read_bytes())
     except (OSError, FilePagesError):
         files = FilePages()
-    return small + list(files.cow) + split(pages, piece) + list(files.mapped)
+    mapped = files.mapped if learned is None else learned
+    return small + list(files.cow) + split(pages, piece) + list(mapped)
+
+
+def advise(ranges: Iterable[FileRange], budget: int) -> int:
+    """Ask the kernel to start reading the first ``budget`` bytes of host-path ranges; bytes asked.
+
+    Asynchronous (``POSIX_FADV_WILLNEED``): the disk starts on a restore's
+    first reads while the reader process is still starting. Worker paths
+    (``in_root``) are left to that process, which resolves them safely.
+    """
+    asked = 0
+    fds: dict[str, int] = {}
+    try:
+        for r in ranges:
+            if asked >= budget:
+                break
+            if r.in_root:
+                continue
+            if r.path not in fds:
+                try:
+                    fds[r.path] = os.open(r.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                except OSError:
+                    fds[r.path] = -1
+            if fds[r.path] < 0:
+                continue
+            n = min(r.length, budget - asked)
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(fds[r.path], r.offset, n, os.POSIX_FADV_WILLNEED)
+                asked += n
+    finally:
+        for fd in fds.values():
+            if fd >= 0:
+                os.close(fd)
+    return asked
 
 
 def to_json(ranges: Sequence[FileRange]) -> bytes:
@@ -221,4 +263,4 @@ def to_json(ranges: Sequence[FileRange]) -> bytes:
 
 def from_json(data: bytes) -> list[FileRange]:
     doc = versioned_object(data, "read list", VERSION, FilePagesError)
-    return list(_ranges(doc.get("ranges"), None))
+    return list(_ranges(doc.get("ranges"), None, "read list"))

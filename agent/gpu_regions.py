@@ -56,6 +56,7 @@ DEFAULT_READERS = 16
 # While CRIU restores: READERS[:GB_PER_S] (see Throttle); measured on the GPU node.
 DEFAULT_GENTLE = "2:0.8"
 ACCEPT_TIMEOUT_S = 300.0
+OPENERS = 32  # files of the --first list opened in parallel
 
 
 class RegionLoadError(RuntimeError):
@@ -213,6 +214,49 @@ def _set_io_class(idle: bool) -> None:
         _io_class.idle = idle
 
 
+class _Hints:
+    """Asks the kernel for the page-cache reads up to ``depth`` bytes ahead of the readers.
+
+    The readers wait for each read; many of the ranges are small (a few pages of
+    a library), so a handful of readers leaves the disk's queue shallow. Hints
+    (``POSIX_FADV_WILLNEED``, asynchronous) deepen it for those without more
+    threads; the readers then find the pages arriving or there.
+    """
+
+    def __init__(self, ranges: Sequence[FileRange], depth: int) -> None:
+        self.ranges, self.depth = ranges, depth
+        self.ends: list[int] = []
+        total = 0
+        for r in ranges:
+            total += r.length
+            self.ends.append(total)
+        self.reached = 0  # bytes of the list up to the last range a reader started
+        self._cond = threading.Condition()
+        self._stopped = False
+
+    def started(self, i: int) -> None:
+        with self._cond:
+            self.reached = max(self.reached, self.ends[i] - self.ranges[i].length)
+            self._cond.notify()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+
+    def run(self, fd_of) -> None:
+        for i, r in enumerate(self.ranges):
+            with self._cond:
+                while not self._stopped and self.ends[i] - r.length > self.reached + self.depth:
+                    self._cond.wait(0.05)
+                if self._stopped:
+                    return
+            fd = fd_of(r)
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.posix_fadvise(fd, r.offset, r.length, os.POSIX_FADV_WILLNEED)
+
+
 class Loader:
     """Regions allocated, filled and exported on one GPU of this process."""
 
@@ -226,8 +270,10 @@ class Loader:
         direct: bool = True,
         throttle: Throttle | None = None,
         first: Sequence[FileRange] = (),
+        hint_bytes: int = 0,
     ) -> None:
         self.spec, self.root, self.readers, self.chunk = spec, Path(root), readers, chunk
+        self.hint_bytes = hint_bytes  # see _Hints
         self.first = list(first)  # page-cache reads ahead of the regions (CRIU's images)
         self.first_bytes = 0
         self.throttle = throttle or Throttle()
@@ -384,26 +430,32 @@ class Loader:
         t_first = time.monotonic()
         first_left = [len(self.first)]
         cached: dict[tuple[str, bool], int] = {}
+        hints = _Hints(self.first, self.hint_bytes)
 
-        def ahead(r: FileRange) -> None:
-            """One page-cache read of what CRIU or the resumed process reads next."""
-            try:
-                key = (r.path, r.in_root)
+        def fd_of(r: FileRange) -> int:
+            key = (r.path, r.in_root)
+            with lock:
+                fd = cached.get(key)
+            if fd is None:  # opened outside the lock: a cold lookup must not stall the rest
+                try:
+                    where = resolve_under(self.root, r.path) if r.in_root else r.path
+                    fd = os.open(where, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                except OSError:
+                    fd = -1
                 with lock:
-                    fd = cached.get(key)
-                if fd is None:  # opened outside the lock: a cold lookup must not stall the rest
-                    try:
-                        where = resolve_under(self.root, r.path) if r.in_root else r.path
-                        fd = os.open(where, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                    except OSError:
-                        fd = -1
-                    with lock:
-                        if key in cached:  # another reader won the race
-                            if fd >= 0:
-                                os.close(fd)
-                            fd = cached[key]
-                        else:
-                            cached[key] = fd
+                    if key in cached:  # another reader won the race
+                        if fd >= 0:
+                            os.close(fd)
+                        fd = cached[key]
+                    else:
+                        cached[key] = fd
+            return fd
+
+        def ahead(i: int, r: FileRange) -> None:
+            """One page-cache read of what CRIU or the resumed process reads next."""
+            hints.started(i)
+            try:
+                fd = fd_of(r)
                 if fd >= 0:
                     # WILLNEED reads exactly the range (no readahead marks that would pull
                     # more in later); the read below just waits for it
@@ -427,9 +479,20 @@ class Loader:
                     if first_left[0] == 0:
                         self.timings["first_done_at_s"] = time.monotonic() - t_first
 
+        # Open every file of the list at once: each cold open waits on the disk for
+        # directories and inodes, one after another on a reader; many in parallel keep the
+        # disk's queue full instead, and CRIU's own opens of the same files find them cached.
+        opener = ThreadPoolExecutor(OPENERS, thread_name_prefix="open")
+        for r in {(r.path, r.in_root): r for r in self.first}.values():
+            opener.submit(fd_of, r)
+        opener.shutdown(wait=False)
+        hinter = threading.Thread(target=hints.run, args=(fd_of,), name="hints", daemon=True)
+        if self.hint_bytes > 0 and self.first:
+            hinter.start()
         try:
             with ThreadPoolExecutor(self.readers, thread_name_prefix="regions") as pool:
-                pending = {pool.submit(ahead, r) for r in self.first}  # FIFO: these go first
+                # FIFO: these go first
+                pending = {pool.submit(ahead, i, r) for i, r in enumerate(self.first)}
                 pending |= {pool.submit(run, j) for j in jobs}
                 while pending:  # short waits: the main thread must stay free for signals
                     done, pending = wait(pending, timeout=0.05, return_when=FIRST_EXCEPTION)
@@ -442,6 +505,10 @@ class Loader:
                 self.drv._check("cuCtxSetCurrent", self.d.cuCtxSetCurrent(self.ctx))
                 self.drv._check("cuCtxSynchronize", self.d.cuCtxSynchronize())
         finally:
+            hints.stop()
+            if hinter.is_alive():
+                hinter.join()
+            opener.shutdown(wait=True, cancel_futures=True)
             for fd in cached.values():
                 if fd >= 0:
                     os.close(fd)
@@ -510,13 +577,14 @@ def serve(
     throttle: Throttle | None = None,
     first: Sequence[FileRange] = (),
     chunk: int = DEFAULT_CHUNK,
+    hint_bytes: int = 0,
 ) -> dict:
     """Listen first (the worker waits on us), load, hand over; returns what happened."""
     name = name or GPU_REGIONS_SOCKET
     t0 = time.monotonic()
     listener = listen(control, name, uid)
     stats: dict[str, Any] = {"ok": False}
-    loader = Loader(spec, root, device_uuid, readers, chunk, direct, throttle, first)
+    loader = Loader(spec, root, device_uuid, readers, chunk, direct, throttle, first, hint_bytes)
     try:
         try:
             loader.load()
@@ -589,6 +657,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--first", type=Path, default=None,
         help="file ranges (file-pages JSON) to read into the page cache before the regions",
     )  # fmt: skip
+    p.add_argument(
+        "--hint-mib", type=int, default=0,
+        help="ask the kernel for --first reads up to this far ahead of the readers (0: no)",
+    )  # fmt: skip
     a = p.parse_args(argv)
     try:
         throttle = Throttle.parse(a.gentle)
@@ -605,7 +677,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     stats = serve(
         spec, a.control, a.root, a.device_uuid, a.readers, not a.buffered, a.uid, a.timeout,
-        throttle=throttle, first=first, chunk=a.chunk_mib << 20,
+        throttle=throttle, first=first, chunk=a.chunk_mib << 20, hint_bytes=a.hint_mib << 20,
     )  # fmt: skip
     stats["started_wall"] = started
     if a.stats:

@@ -30,6 +30,12 @@ log = logging.getLogger(__name__)
 # CRIU's own reads wait behind 16 MiB of queue instead of 256 MiB.
 RESTORE_READERS = 4
 RESTORE_CHUNK = 4 << 20
+# Asked of the kernel by the agent itself while the reader process starts (~0.3 s of disk).
+RESTORE_PRIME = 512 << 20
+# Page-cache reads asked for this far ahead of the readers (agent.gpu_regions._Hints):
+# restores of 3.0-3.4 s with 64 MiB, 3.4-4.7 s with none, CRIU slower with 128 MiB
+# (bench/gpu_restore.py --explore on one H100 node).
+RESTORE_HINT = 64 << 20
 
 
 @dataclasses.dataclass
@@ -175,21 +181,27 @@ class GpuRegionsStep(BaseStep):
             return
         import tempfile
 
-        from agent import file_pages
+        from agent import file_pages, working_set
         from agent.pods import control_via_proc
 
         # One pool of readers, one order: what CRIU reads, the pages the resumed worker
-        # faults in, then the regions. Few small reads in flight keep each of CRIU's own
-        # synchronous reads short; the disk is still kept busy (bench/results/gpu-restore.md).
+        # faults in (the learned working set once there is one), then the regions. Few
+        # small reads in flight keep each of CRIU's own synchronous reads short; the disk
+        # is still kept busy (bench/results/gpu-restore.md).
+        learned = working_set.load(ctx.folder)
+        order = file_pages.restore_reads(ctx.folder, learned=learned)
+        if learned is not None:
+            ctx.timings["working_set_bytes"] = float(file_pages.total_bytes(learned))
         fd, reads = tempfile.mkstemp(prefix="thaw-reads-", suffix=".json")
         with os.fdopen(fd, "wb") as f:
-            f.write(file_pages.to_json(file_pages.restore_reads(ctx.folder)))
+            f.write(file_pages.to_json(order))
         self.reads = Path(reads)
         argv = [
             sys.executable, "-m", "agent.gpu_regions", "--spec", str(spec),
             "--control", str(control_via_proc(ctx.into)), "--root", f"/proc/{ctx.into}/root",
             "--uid", str(os.stat(f"/proc/{ctx.into}").st_uid), "--first", reads,
             "--readers", str(RESTORE_READERS), "--chunk-mib", str(RESTORE_CHUNK >> 20),
+            "--hint-mib", str(RESTORE_HINT >> 20),
         ]  # fmt: skip
         uuid = _placeholder_gpu(ctx.into)
         if uuid:
@@ -199,6 +211,10 @@ class GpuRegionsStep(BaseStep):
         except OSError:
             self.reads.unlink(missing_ok=True)
             raise
+        # After the spawn: measured, a spawn waits behind a prime already under way.
+        threading.Thread(
+            target=file_pages.advise, args=(order, RESTORE_PRIME), name="restore-prime", daemon=True
+        ).start()
         threading.Thread(target=self._reap, name="gpu-regions-reap", daemon=True).start()
 
     def _reap(self) -> None:

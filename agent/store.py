@@ -8,6 +8,7 @@ Layout (names from :mod:`thaw.contract`)::
       <name>/criu/...             CRIU images
       <name>/rootfs-diff.tar      the container's writable-layer changes
       <name>/process.json         what the restore needs to know about the dumped tree
+      <name>/working-set.json     learned after publishing, not in the manifest (advisory)
 
 A snapshot becomes visible only through ``rename(2)`` of a complete, fsynced
 staging folder, so a crash at any point leaves either nothing or a whole
@@ -33,6 +34,7 @@ from thaw.contract import (
     MANIFEST_FILE,
     MANIFEST_SIGNATURE_FILE,
     STORE_STAGING_DIR,
+    WORKING_SET_FILE,
     FileEntry,
     Manifest,
     ManifestError,
@@ -41,7 +43,8 @@ from thaw.contract import (
 OWNER_FILE = ".owner"
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")  # a Kubernetes object name
 _KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
-_NOT_LISTED = {MANIFEST_FILE, MANIFEST_SIGNATURE_FILE, OWNER_FILE}
+# The working set is learned after publishing (agent.working_set): advisory, so not vouched for.
+_NOT_LISTED = {MANIFEST_FILE, MANIFEST_SIGNATURE_FILE, OWNER_FILE, WORKING_SET_FILE}
 
 
 class StoreError(ValueError):

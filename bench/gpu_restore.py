@@ -279,6 +279,24 @@ class Bench:
 
         self.criu = criu.find()
         self.criu_version = criu.version(self.criu)
+        self.agent: subprocess.Popen | None = None
+
+    def running_agent(self) -> None:
+        """A process standing in for the node agent, up for the whole run.
+
+        The agent is a daemon that initialised the CUDA driver once at start
+        (agent.cuda_checkpoint): the driver library and the Python modules it
+        maps stay in memory when the page cache is dropped, as they do on a node.
+        """
+        if self.agent is None or self.agent.poll() is not None:
+            code = ("import sys; from agent.cuda_checkpoint import CudaDriver; CudaDriver.get(); "
+                    "import agent.gpu_regions, agent.file_pages, agent.working_set; "
+                    "print('agent up', flush=True); sys.stdin.read()")  # fmt: skip
+            self.agent = subprocess.Popen(
+                [sys.executable, "-c", code], cwd=str(REPO), stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            assert self.agent.stdout is not None and "agent up" in self.agent.stdout.readline()
 
     # --- worker processes ----------------------------------------------------------
     def start_worker(
@@ -440,10 +458,15 @@ class Bench:
         drop_caches()
         if how.startswith(("loader", "ordered")):
             # the agent is a running daemon: its own code is in the page cache, the worker's not
+            self.running_agent()
             subprocess.run([sys.executable, "-c", "import agent.gpu_regions"], cwd=str(REPO))
         io = [disk_reads()]
         t0 = time.time()
         m0 = time.monotonic()
+        timeline = DiskTimeline()
+        working: dict = {}
+        marks: dict = {}  # seconds from the start: when the restore's own steps got there
+        prime = None
         pre = None
         fetcher = None
         if how == "prefetch":  # the restore init step: everything into the page cache first
@@ -472,22 +495,35 @@ class Bench:
         if how.startswith("ordered"):  # one reader pool in priority order, nothing held back:
             # CRIU's small images, the file pages it and the resumed process fault in, CRIU's
             # pages, then the weights (O_DIRECT onto the GPU)
-            from agent import file_pages
+            from agent import file_pages, steps, working_set
 
-            readers, _, chunk_mib = (how.partition("@")[2] or "4:4").partition(":")
-            reads = file_pages.restore_reads(image, int(chunk_mib) << 20, images=image)
-            warm = image / "warm-set.json"  # learned by the first restore of this image
-            if how.startswith("ordered-nolibs"):  # CRIU's images alone
+            # ordered@READERS:CHUNK_MIB[:HINT_MIB[:PRIME_MIB]]; the defaults are the agent's
+            knobs = (how.partition("@")[2] or "").split(":")
+            readers, chunk_mib, hint_mib, prime_mib = [
+                knobs[i] if len(knobs) > i and knobs[i] else str(default)
+                for i, default in enumerate((steps.RESTORE_READERS, steps.RESTORE_CHUNK >> 20,
+                                             steps.RESTORE_HINT >> 20, steps.RESTORE_PRIME >> 20))
+            ]  # fmt: skip
+            # ordered: the working set learned by earlier restores (agent.working_set) when
+            # there is one; ordered-recorded: all the dump recorded; -nolibs: CRIU's images
+            learned = None if how.startswith("ordered-recorded") else working_set.load(image)
+            reads = file_pages.restore_reads(
+                image, int(chunk_mib) << 20, images=image, learned=learned
+            )
+            working = working_set.describe(learned)
+            if how.startswith("ordered-nolibs"):
                 reads = [r for r in reads if not r.in_root]
-            elif how.startswith("ordered-warm") and warm.exists():  # the learned set instead
-                mapped = set(file_pages.FilePages.from_json(
-                    (image / FILE_PAGES_FILE).read_bytes()).mapped)  # fmt: skip
-                reads = [r for r in reads if r not in mapped] + [
-                    dataclasses.replace(r, in_root=True)
-                    for r in file_pages.from_json(warm.read_bytes())
-                ]
+            marks["list_s"] = time.monotonic() - m0
+            prime = (
+                None
+                if "noprime" in how
+                else threading.Thread(
+                    target=file_pages.advise, args=(reads, int(prime_mib) << 20), daemon=True
+                )
+            )  # the agent asks for the first reads itself once the loader is spawned
             (self.work / "first.json").write_bytes(file_pages.to_json(reads))
-            first = ["--first", str(self.work / "first.json")]
+            first = ["--first", str(self.work / "first.json"), "--hint-mib", hint_mib]
+            marks["list_written_s"] = time.monotonic() - m0
         if how.startswith(("loader", "ordered")):  # the agent's GpuRegionsStep: weights refilled
             # loader: gentle while CRIU runs (the earlier default), loader@R:G: gentle with R
             # readers paced to G GB/s, loader-full: never gentle, loader-buffered: page cache
@@ -507,6 +543,9 @@ class Bench:
         if how.startswith("loader-pf"):  # + the restore init step's prefetch of CRIU's images
             fetcher = threading.Thread(target=prefetch, args=(files,), kwargs={"readers": 8})
             fetcher.start()
+        marks["loader_spawned_s"] = time.monotonic() - m0
+        if prime is not None:
+            prime.start()
         log_name = f"restore-{how}-{len(list(image.glob('restore-*.log')))}.log"
         m1 = time.monotonic()
         io.append(disk_reads())
@@ -534,12 +573,15 @@ class Bench:
         hooks.write_signal(control, Signal.RESTORE_COMPLETE, {"pid": pid})
         wait_file(results / "restored.json", 120, pid)
         io.append(disk_reads())
+        timeline.stop()
         proc_files = file_rss(pid)
         proc_files["vs_checkpoint"] = compare_pages(image, pid)
-        if not (image / "warm-set.json").exists():  # learn: what a restore of it touched
-            from agent import file_pages
+        if how.startswith("ordered"):  # what the agent does a while after every restore
+            from agent import procfs, working_set
 
-            (image / "warm-set.json").write_bytes(file_pages.to_json(file_pages.touched(pid)))
+            working["learned_now_bytes"] = working_set.learn(
+                image, procfs.process_tree(pid), self.work
+            )
         rec = json.loads((results / "restored.json").read_text())
         if fetcher:
             fetcher.join()
@@ -577,6 +619,9 @@ class Bench:
                 )
             },
             "restored_file_rss": proc_files,
+            "working_set": working,
+            "marks": marks,
+            "disk_timeline": timeline.points(),
         }
         print(
             f"restore[{res['weights']}/{how}] first token {res['restore_s']:.2f}s "
@@ -721,13 +766,14 @@ class Bench:
             self.save_partial()
         best = min(restores, key=lambda x: x["restore_s"])
         best_image = self.work / f"image-{best['weights']}"
-        # The headline is the median of several restores of the best path, not its best sample.
-        samples = [best] + [
-            self.restore(best_image, control, results, best["how"]) for _ in range(a.repeat - 1)
-        ]
-        restores += samples[1:]
+        # The headline is the median of several restores of the best path, not its best sample,
+        # taken after the first restore of the snapshot: that one learned the working set
+        # (agent.working_set) every later replica's restore reads (reported on its own).
+        samples = [self.restore(best_image, control, results, best["how"]) for _ in range(a.repeat)]
+        restores += samples
         median = statistics.median(x["restore_s"] for x in samples)
         r["restore_samples_s"] = [x["restore_s"] for x in samples]
+        r["restore_first_s"] = best["restore_s"]
         ck = checkpoints[best["weights"]]
         bw = self.read_bandwidth(best_image)
         artifact, external = ck["artifact_bytes"], ck["external_bytes"]
@@ -860,6 +906,29 @@ def disk_reads() -> tuple[int, int]:
     return nbytes, nreq
 
 
+class DiskTimeline:
+    """MB read from the disks since the start, every ``step`` seconds: where the disk idles."""
+
+    def __init__(self, step: float = 0.05) -> None:
+        self.t0, self.base = time.monotonic(), disk_reads()[0]
+        self.samples: list[list[float]] = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(step,), daemon=True)
+        self.thread.start()
+
+    def _run(self, step: float) -> None:
+        while not self.done.wait(step):
+            mb = (disk_reads()[0] - self.base) / 1e6
+            self.samples.append([round(time.monotonic() - self.t0, 3), round(mb, 1)])
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join()
+
+    def points(self) -> list[list[float]]:
+        return self.samples
+
+
 def file_rss(pid: int) -> dict:
     """Resident bytes of mapped files (the restored process read them all after the drop)."""
     per: dict[str, int] = {}
@@ -929,6 +998,12 @@ def without_paths(r: dict, work: Path) -> dict:
     return json.loads(json.dumps(r, default=str).replace(str(work), "<work>"))
 
 
+def _file_pages_note(ws: dict) -> str:
+    if ws.get("learned"):
+        return f"working set learned by earlier restores, {ws['bytes'] / 1e6:.0f} MB"
+    return "all the dump recorded (nothing learned yet)"
+
+
 def write_outputs(out: Path, r: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu-restore.json").write_text(json.dumps(r, indent=2, sort_keys=True) + "\n")
@@ -943,7 +1018,9 @@ def write_outputs(out: Path, r: dict) -> None:
         ("restore to first token", f"{r['restore_s']:.2f} s",
          f"median of {len(r['restore_samples_s'])} restores "
          f"({', '.join(f'{x:.2f}' for x in r['restore_samples_s'])} s); "
-         f"{r['restore_s'] / floor:.2f}x floor (target <= 1.2x)"),
+         f"{r['restore_s'] / floor:.2f}x floor (target <= 1.2x)"
+         + (f"; the snapshot's first restore, before any working set was learned: "
+            f"{r['restore_first_s']:.2f} s" if "restore_first_s" in r else "")),
         ("storage floor", f"{floor:.2f} s",
          f"({r['artifact_bytes'] / gb:.2f} GB snapshot + {r['external_bytes'] / gb:.2f} GB "
          f"weight files read on resume) at {r['read_bandwidth']['best_gbps']:.2f} GB/s, the best "
@@ -975,7 +1052,9 @@ def write_outputs(out: Path, r: dict) -> None:
              f"{x['weights_reload_s']:.2f} in the worker"
              + (f"; loader {x['loader']['bytes'] / gb:.2f} GB in {x['loader']['load_s']:.2f} s, "
                 f"{'O_DIRECT' if x['loader']['direct'] else 'page cache'}"
-                if x.get("loader", {}).get("load_s") else "") + ")")
+                if x.get("loader", {}).get("load_s") else "")
+             + (f"; file pages read ahead: {_file_pages_note(x['working_set'])}"
+                if x.get("working_set") else "") + ")")
         )  # fmt: skip
     x = r.get("restore_thp_always")
     if x:
@@ -1049,7 +1128,7 @@ def main() -> None:
     r.add_argument("--no-kv-plain", dest="kv_plain", action="store_false")
     modes = ("direct", "prefetch", "overlap", "trickle", "stream", "tail", "loader",
              "loader-full", "loader-buffered", "loader-pf", "ordered", "ordered-nolibs",
-             "ordered-warm", "diagnose")  # fmt: skip
+             "ordered-recorded", "ordered-noprime", "diagnose")  # fmt: skip
     r.add_argument(
         "--restore-modes",
         nargs="+",

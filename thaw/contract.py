@@ -145,6 +145,9 @@ CRIU_IMAGES_DIR: Final = "criu"  # CRIU image files inside a snapshot folder
 ROOTFS_DIFF_FILE: Final = "rootfs-diff.tar"  # container's overlay upper dir
 PROCESS_INFO_FILE: Final = "process.json"  # dumped tree: root pid, stdio the restore re-wires
 FILE_PAGES_FILE: Final = "file-pages.json"  # pages of mapped files a restore reads (agent)
+# What restored workers touched of those files, learned after publishing: advisory, not listed
+# in the manifest (agent.working_set)
+WORKING_SET_FILE: Final = "working-set.json"
 
 
 class ManifestError(ValueError):

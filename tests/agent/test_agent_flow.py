@@ -9,10 +9,11 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
-from agent import procfs
+from agent import procfs, working_set
 from agent.local import read_events, start_checkpoint_pod, start_restore_pod
 from agent.store import Store, file_entries, verify
 from tests.support.workers import MARKER, SEED, worker_argv
@@ -58,6 +59,7 @@ def test_checkpoint_then_restore_into_placeholder(running_agent, local_root, pod
     assert _counter(src.control) > c0
     assert sample_worker.query(str(src.control), "state")["sha256"] == expected_state
 
+    running_agent.learn_after_s = 0.5  # sample the restored worker soon (default: 30 s)
     dst = start_restore_pod(local_root, "dst", worker_argv(), key="k-flow")
     pods.append(dst)
     complete = json.loads(dst.wait_signal(Signal.RESTORE_COMPLETE, 60))
@@ -89,6 +91,18 @@ def test_checkpoint_then_restore_into_placeholder(running_agent, local_root, pod
     assert "restored worker pid" in dst.box.log()
     assert [e["event"] for e in read_events(local_root, "dst")] == ["Restored"]
     assert [e["event"] for e in read_events(local_root, "src")] == ["Checkpointing", "Ready"]
+
+    # The agent learned what the restored worker touched, beside the snapshot, outside the
+    # manifest: the snapshot still verifies, and the next restore reads that set ahead.
+    deadline = time.monotonic() + 30
+    while (learned := working_set.load(folder)) is None:
+        assert time.monotonic() < deadline, "no working set learned"
+        time.sleep(0.1)
+    assert any(Path(r.path).name == "libc.so.6" for r in learned)  # code the worker runs
+    assert all(r.in_root for r in learned)
+    assert verify(folder, running_agent.criu_version) == manifest
+    stale = (host_pid, "0")  # a pid that names another process by now: never sampled
+    assert running_agent.learn("dst", folder.name, host_pid, stale) == 0
 
     # The placeholder mirrors the restored worker: worker gone -> container exits.
     os.kill(host_pid, signal.SIGKILL)

@@ -5,12 +5,15 @@ The GPU half (allocate, fill, hand over, map) is tests/gpu/test_gpu_regions_hand
 
 from __future__ import annotations
 
+import ctypes
 import json
+import mmap
 import os
 import random
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -257,3 +260,60 @@ def test_dump_step_takes_the_regions_description_into_the_snapshot(tmp_path: Pat
     finally:
         os.kill(pid, 9)
         os.waitpid(pid, 0)
+
+
+def _resident(fd: int, size: int) -> list[bool]:
+    """Per page: in the page cache (mincore on a mapping; asking does not read anything)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]  # fmt: skip
+    addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+    assert addr not in (None, ctypes.c_void_p(-1).value)
+    try:
+        vec = (ctypes.c_ubyte * (size // 4096))()
+        assert libc.mincore(ctypes.c_void_p(addr), ctypes.c_size_t(size), vec) == 0
+        return [bool(v & 1) for v in vec]
+    finally:
+        libc.munmap(ctypes.c_void_p(addr), ctypes.c_size_t(size))
+
+
+def test_hints_run_at_most_their_depth_ahead_of_the_readers(tmp_path: Path) -> None:
+    from agent.file_pages import FileRange
+    from agent.gpu_regions import _Hints
+
+    data = tmp_path / "pages.bin"
+    with open(data, "wb") as f:
+        f.write(os.urandom(8 << 20))
+        os.fsync(f.fileno())
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    ranges = [FileRange(str(data), i << 20, 64 << 10) for i in range(8)]  # 1 MiB apart
+    fd = os.open(data, os.O_RDONLY)
+
+    def cached() -> list[bool]:
+        pages = _resident(fd, 8 << 20)
+        return [all(pages[r.offset // 4096 : (r.offset + r.length) // 4096]) for r in ranges]
+
+    try:
+        if any(cached()):
+            pytest.skip("this filesystem keeps the file cached")
+        hints = _Hints(ranges, depth=64 << 10)  # 64 KiB of the list ahead: one more range
+        t = threading.Thread(target=hints.run, args=(lambda r: fd,), daemon=True)
+        t.start()
+
+        def settle(want: int) -> list[bool]:
+            deadline = time.monotonic() + 5
+            while True:
+                if sum(cached()) >= want or time.monotonic() > deadline:
+                    time.sleep(0.1)  # and nothing more arrives
+                    return cached()
+                time.sleep(0.01)
+
+        assert settle(2) == [True, True] + [False] * 6  # asked ahead: not beyond the depth
+        hints.started(4)  # a reader took range 4: ranges up to 4 plus one more may come
+        assert settle(6)[:6] == [True] * 6 and not any(settle(6)[6:])
+        hints.stop()
+        t.join(5)
+        assert not t.is_alive()
+    finally:
+        os.close(fd)
