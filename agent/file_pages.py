@@ -115,14 +115,14 @@ def touched(pid: int, cow_only: bool = False) -> list[FileRange]:
 
     ``cow_only``: just the pages it holds a private copy of.
     """
-    cow, mapped = present_pages(pid)
+    cow, mapped = _touched_pages(pid)
     if not cow_only:
         for path, idx in cow.items():
             mapped.setdefault(path, set()).update(idx)
-    return merged(cow if cow_only else mapped)
+    return _merged(cow if cow_only else mapped)
 
 
-def present_pages(pid: int) -> tuple[dict[str, set[int]], dict[str, set[int]]]:
+def _touched_pages(pid: int) -> tuple[dict[str, set[int]], dict[str, set[int]]]:
     """Page indexes per file of ``pid``'s present pages: (private copies, the rest)."""
     cow: dict[str, set[int]] = {}
     mapped: dict[str, set[int]] = {}
@@ -139,8 +139,7 @@ def present_pages(pid: int) -> tuple[dict[str, set[int]], dict[str, set[int]]]:
     return cow, mapped
 
 
-def merged(pages: dict[str, set[int]], in_root: bool = False) -> list[FileRange]:
-    """Page indexes per file as ranges, joined across small holes (:func:`merge`)."""
+def _merged(pages: dict[str, set[int]], in_root: bool = False) -> list[FileRange]:
     return merge(
         FileRange(path, p * PAGE, PAGE, in_root)
         for path, idx in sorted(pages.items())
@@ -154,7 +153,7 @@ def record(pids: Iterable[int]) -> FilePages:
     mapped: dict[str, set[int]] = {}
     for pid in pids:
         try:
-            pc, pm = present_pages(pid)
+            pc, pm = _touched_pages(pid)
         except OSError:  # gone meanwhile: CRIU will say so
             continue
         for into, found in ((cow, pc), (mapped, pm)):
@@ -163,7 +162,7 @@ def record(pids: Iterable[int]) -> FilePages:
     for path, idx in cow.items():  # one process's copy, another's shared page: read once
         if path in mapped:
             mapped[path] -= idx
-    return FilePages(tuple(merged(cow, True)), tuple(merged(mapped, True)))  # worker paths
+    return FilePages(tuple(_merged(cow, True)), tuple(_merged(mapped, True)))  # worker paths
 
 
 def merge(

@@ -26,7 +26,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from agent.file_pages import FilePages, FilePagesError, FileRange, merge, merged, present_pages
+from agent.file_pages import FilePages, FilePagesError, FileRange, merge, record
 from agent.file_pages import total_bytes as range_bytes
 from thaw.contract import WORKING_SET_FILE
 
@@ -39,17 +39,9 @@ MAX_FILE_BYTES = 16 << 20  # the record itself
 MAX_SET_BYTES = 2 << 30  # what it may make a restore read
 
 
-def sample(pids: Iterable[int]) -> list[FileRange]:
+def sample(pids: Iterable[int]) -> tuple[FileRange, ...]:
     """File pages the tree has mapped in and does not hold a private copy of (worker paths)."""
-    pages: dict[str, set[int]] = {}
-    for pid in pids:
-        try:
-            _, shared = present_pages(pid)
-        except OSError:  # gone meanwhile: what the others touched still counts
-            continue
-        for path, idx in shared.items():
-            pages.setdefault(path, set()).update(idx)
-    return merged(pages, in_root=True)
+    return record(pids).mapped  # a fresh restore has in its page tables what it touched since
 
 
 def load(folder: Path) -> tuple[FileRange, ...] | None:
