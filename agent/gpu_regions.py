@@ -199,6 +199,24 @@ class Throttle:
             self._active -= 1
             self._cond.notify()
 
+    def full_at_eof(self, fd: int) -> threading.Thread:
+        """Lift the limits when ``fd`` (a pipe the agent holds open while CRIU runs) closes.
+
+        Unlike a signal this cannot arrive before the loader is ready for it, and an
+        agent that dies closes it too.
+        """
+
+        def wait() -> None:
+            with contextlib.suppress(OSError):
+                while os.read(fd, 64):
+                    pass
+            os.close(fd)
+            self.full()
+
+        th = threading.Thread(target=wait, name="criu-done", daemon=True)
+        th.start()
+        return th
+
 
 _IOPRIO_SET = 251  # x86-64 syscall number
 _io_class = threading.local()
@@ -285,6 +303,9 @@ class Loader:
         self.bytes_read = 0
         self.used_direct = direct
         self.unleashed_at: float | None = None
+        # (kind, started, read done, finished, bytes) per read, seconds into the fill: where
+        # the readers wait (--trace, for the benchmark)
+        self.trace: list[tuple[str, float, float, float, int]] | None = None
 
     # --- CUDA ------------------------------------------------------------------------
     def _cuda(self) -> None:
@@ -394,8 +415,10 @@ class Loader:
             return addr, False
 
         def run(job: ReadJob) -> None:
+            t_start = time.monotonic()
             self.throttle.acquire(job.length)
             buf, pinned = buffer()
+            t_read = 0.0
             try:
                 view = (ctypes.c_char * job.length).from_address(buf)
                 got = 0
@@ -408,6 +431,7 @@ class Loader:
                 need = max(b + n for b, _, _, n in job.segments)
                 if got < need:
                     raise RegionLoadError(f"{job.path} ended at {job.offset + got}, need {need}")
+                t_read = time.monotonic()
                 ready.wait()
                 if failure:
                     return
@@ -422,6 +446,8 @@ class Loader:
                     chk("cuMemcpyHtoD", d.cuMemcpyHtoD(self.ptrs[ri] + off, buf + b, n))
                 with lock:
                     counted[0] += got
+                    if self.trace is not None:
+                        self.trace.append(("region", t_start, t_read, time.monotonic(), got))
             finally:
                 with lock:
                     free.append((buf, pinned))
@@ -453,6 +479,7 @@ class Loader:
 
         def ahead(i: int, r: FileRange) -> None:
             """One page-cache read of what CRIU or the resumed process reads next."""
+            t_start = time.monotonic()
             hints.started(i)
             try:
                 fd = fd_of(r)
@@ -473,6 +500,9 @@ class Loader:
                         pos += n
                     with lock:
                         self.first_bytes += pos - r.offset
+                        if self.trace is not None:
+                            now = time.monotonic()
+                            self.trace.append(("first", t_start, now, now, pos - r.offset))
             finally:
                 with lock:
                     first_left[0] -= 1
@@ -578,6 +608,7 @@ def serve(
     first: Sequence[FileRange] = (),
     chunk: int = DEFAULT_CHUNK,
     hint_bytes: int = 0,
+    trace: bool = False,
 ) -> dict:
     """Listen first (the worker waits on us), load, hand over; returns what happened."""
     name = name or GPU_REGIONS_SOCKET
@@ -585,6 +616,8 @@ def serve(
     listener = listen(control, name, uid)
     stats: dict[str, Any] = {"ok": False}
     loader = Loader(spec, root, device_uuid, readers, chunk, direct, throttle, first, hint_bytes)
+    if trace:
+        loader.trace = []
     try:
         try:
             loader.load()
@@ -598,6 +631,13 @@ def serve(
                 stats["first_bytes"] = loader.first_bytes
             if loader.unleashed_at is not None:  # into the fill, when SIGUSR1 came
                 stats["full_speed_after_s"] = loader.unleashed_at
+            if loader.trace is not None and hasattr(loader, "t_fill"):
+                z = loader.t_fill
+                stats["fill_started_at_s"] = z - t0
+                stats["trace"] = [
+                    [kind, round(a - z, 4), round(b - z, 4), round(c - z, 4), n]
+                    for kind, a, b, c, n in sorted(loader.trace, key=lambda x: x[1])
+                ]
             stats["loaded_at_s"] = time.monotonic() - t0
         listener.settimeout(timeout_s)
         try:
@@ -661,6 +701,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--hint-mib", type=int, default=0,
         help="ask the kernel for --first reads up to this far ahead of the readers (0: no)",
     )  # fmt: skip
+    p.add_argument(
+        "--gentle-until-eof", type=int, default=None, metavar="FD",
+        help="like SIGUSR1: lift --gentle when this inherited pipe closes (CRIU is done)",
+    )  # fmt: skip
+    p.add_argument("--trace", action="store_true", help="every read's times in --stats")
     a = p.parse_args(argv)
     try:
         throttle = Throttle.parse(a.gentle)
@@ -669,6 +714,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGUSR1, lambda *_: throttle.full())
     if signalled.is_set():
         throttle.full()
+    if a.gentle_until_eof is not None:
+        throttle.full_at_eof(a.gentle_until_eof)
     try:
         spec = GpuRegions.from_json(a.spec.read_bytes())
         first = file_pages.from_json(a.first.read_bytes()) if a.first else []
@@ -678,6 +725,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stats = serve(
         spec, a.control, a.root, a.device_uuid, a.readers, not a.buffered, a.uid, a.timeout,
         throttle=throttle, first=first, chunk=a.chunk_mib << 20, hint_bytes=a.hint_mib << 20,
+        trace=a.trace,
     )  # fmt: skip
     stats["started_wall"] = started
     if a.stats:

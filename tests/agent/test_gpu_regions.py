@@ -220,6 +220,21 @@ def test_throttle_holds_reads_back_until_set_free() -> None:
     assert signalled.unleashed.is_set()
 
 
+def test_throttle_is_lifted_when_the_agent_closes_its_pipe() -> None:
+    """The agent holds a pipe open while CRIU runs: data on it is not the end, closing is."""
+    from agent.gpu_regions import Throttle
+
+    r, w = os.pipe()
+    t = Throttle.parse("4")
+    waiter = t.full_at_eof(r)
+    os.write(w, b"x")
+    time.sleep(0.2)
+    assert not t.unleashed.is_set()
+    os.close(w)
+    waiter.join(5)
+    assert t.unleashed.is_set() and t.signalled
+
+
 def test_dump_step_takes_the_regions_description_into_the_snapshot(tmp_path: Path) -> None:
     """The worker's gpu-regions.json (as its container sees it) lands checked in the staging dir."""
     from agent.steps import DumpContext, GpuRegionsStep

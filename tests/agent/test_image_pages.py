@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -152,6 +153,16 @@ def test_file_pages_record_and_restore_read_order(dumped, tmp_path: Path) -> Non
     assert any(r.path == data and r.offset <= 4096 < r.offset + r.length for r in pages.cow)
     assert any(r.path == data and r.offset <= 64 << 10 < r.offset + r.length for r in pages.mapped)
     assert any("python" in Path(r.path).name for r in pages.mapped)  # its own code
+    # the start of every file it maps, which CRIU reads to check build-ids: a page of the
+    # data file, and of each ELF as far as its build-id note
+    heads = {r.path: r for r in pages.heads}
+    assert heads[data].offset == 0 and heads[data].length == 4096
+    elves = [p for p in heads if open(p, "rb").read(4) == b"\x7fELF"]  # noqa: SIM115
+    assert elves
+    for path in elves:
+        with open(path, "rb") as f:
+            start = f.read(heads[path].length)
+        assert start.find(b"\x03\x00\x00\x00GNU\x00") > 0, path  # NT_GNU_BUILD_ID in it
     assert file_pages.FilePages.from_json(pages.to_json()) == pages
 
     snapshot = tmp_path / "snap"
@@ -160,6 +171,9 @@ def test_file_pages_record_and_restore_read_order(dumped, tmp_path: Path) -> Non
         os.link(p, snapshot / "criu" / p.name)
     (snapshot / FILE_PAGES_FILE).write_text(pages.to_json())
     reads = file_pages.restore_reads(snapshot, piece=1 << 20)
+    small = next(i for i, r in enumerate(reads) if r.in_root)
+    assert reads[small : small + len(pages.heads)] == list(pages.heads)  # CRIU opens them first
+    del reads[small : small + len(pages.heads)]
     kinds = [
         "pages" if Path(r.path).name.startswith("pages-")
         else "cow" if r in pages.cow else "mapped" if r in pages.mapped else "small"
@@ -176,10 +190,36 @@ def test_file_pages_record_and_restore_read_order(dumped, tmp_path: Path) -> Non
     assert sum(r.length for r in file_pages.restore_reads(snapshot) if not r.in_root) == img_bytes
 
 
+def _elf(phdrs: list[tuple[int, int, int]]) -> bytes:
+    """A 64-bit little-endian ELF header and its program headers (type, offset, size)."""
+    head = bytearray(64)
+    head[:6] = b"\x7fELF\x02\x01"
+    struct.pack_into("<Q", head, 32, 64)  # e_phoff
+    struct.pack_into("<HH", head, 54, 56, len(phdrs))  # e_phentsize, e_phnum
+    for kind, offset, size in phdrs:
+        head += struct.pack("<IIQQQQQQ", kind, 4, offset, 0, 0, size, size, 8)
+    return bytes(head)
+
+
+@pytest.mark.parametrize(
+    ("start", "head"),
+    [
+        (b"{not an ELF", 4096),
+        (_elf([(1, 0, 1 << 20), (4, 0x270, 0x24)]), 4096),  # the usual: the note in page 0
+        (_elf([(4, 0x2000, 0x24)]), 0x3000),  # a note further in: read up to its end
+        (_elf([(4, 2 << 20, 0x24)]), 4096),  # beyond what CRIU maps: not read
+        (_elf([(4, 0x270, 0x24)])[:100], 4096),  # headers cut short: just the first page
+    ],
+)
+def test_file_heads_cover_what_the_build_id_check_reads(start: bytes, head: int) -> None:
+    assert file_pages.head_bytes(start) == head
+
+
 @pytest.mark.parametrize(
     "doc",
     [
         '{"schema_version": 2, "cow": [], "mapped": []}',
+        '{"schema_version": 1, "cow": [], "mapped": [], "heads": [["/lib.so", 0, 0]]}',
         '{"schema_version": 1, "cow": [["lib.so", 0, 4096]], "mapped": []}',
         '{"schema_version": 1, "cow": [], "mapped": [["/lib.so", -1, 4096]]}',
         '{"schema_version": 1, "cow": [], "mapped": [["/lib.so", 0, true]]}',
