@@ -118,7 +118,10 @@ def _worth_reading(path: str) -> bool:
     )
 
 
-def _maps(pid: int) -> Iterable[tuple[int, int, int, str]]:
+FileMapping = tuple[int, int, int, str]  # start, end, file offset, path
+
+
+def _maps(pid: int) -> Iterable[FileMapping]:
     """(start, end, file offset, path) of the file-backed mappings of ``pid``."""
     for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
         parts = line.split(None, 5)
@@ -143,12 +146,14 @@ def touched(pid: int, cow_only: bool = False) -> list[FileRange]:
     return _merged(cow if cow_only else mapped)
 
 
-def _touched_pages(pid: int) -> tuple[dict[str, set[int]], dict[str, set[int]]]:
+def _touched_pages(
+    pid: int, maps: Sequence[FileMapping] | None = None
+) -> tuple[dict[str, set[int]], dict[str, set[int]]]:
     """Page indexes per file of ``pid``'s present pages: (private copies, the rest)."""
     cow: dict[str, set[int]] = {}
     mapped: dict[str, set[int]] = {}
     with open(f"/proc/{pid}/pagemap", "rb") as pm:
-        for start, end, offset, path in _maps(pid):
+        for start, end, offset, path in _maps(pid) if maps is None else maps:
             n = (end - start) // PAGE
             pm.seek(start // PAGE * 8)
             raw = pm.read(n * 8)
@@ -182,14 +187,14 @@ def head_bytes(start: bytes) -> int:
     return -(-end // PAGE) * PAGE
 
 
-def _heads(pid: int, into: dict[str, int]) -> None:
+def _heads(pid: int, maps: Sequence[FileMapping], into: dict[str, int]) -> None:
     """The head of each regular file ``pid`` maps or holds open, opened through /proc.
 
     Mapped files through ``map_files`` and open ones through ``fd``: the very
     file the process has, whatever its path now resolves to in its root.
     """
     seen: dict[str, str] = {}
-    for start, end, _, path in _maps(pid):
+    for start, end, _, path in maps:
         seen.setdefault(path, f"/proc/{pid}/map_files/{start:x}-{end:x}")
     with contextlib.suppress(OSError):
         for fd in os.listdir(f"/proc/{pid}/fd"):
@@ -219,15 +224,20 @@ def _merged(pages: dict[str, set[int]], in_root: bool = False) -> list[FileRange
     )
 
 
-def record(pids: Iterable[int]) -> FilePages:
-    """What a restore of the tree ``pids`` will read from its files (see the module doc)."""
+def record(pids: Iterable[int], heads: bool = True) -> FilePages:
+    """What a restore of the tree ``pids`` will read from its files (see the module doc).
+
+    ``heads=False``: the pages only, without opening the files (a working-set sample).
+    """
     cow: dict[str, set[int]] = {}
     mapped: dict[str, set[int]] = {}
-    heads: dict[str, int] = {}
+    starts: dict[str, int] = {}
     for pid in pids:
         try:
-            pc, pm = _touched_pages(pid)
-            _heads(pid, heads)
+            maps = list(_maps(pid))
+            pc, pm = _touched_pages(pid, maps)
+            if heads:
+                _heads(pid, maps, starts)
         except OSError:  # gone meanwhile: CRIU will say so
             continue
         for into, found in ((cow, pc), (mapped, pm)):
@@ -239,7 +249,7 @@ def record(pids: Iterable[int]) -> FilePages:
     return FilePages(  # worker paths
         tuple(_merged(cow, True)),
         tuple(_merged(mapped, True)),
-        tuple(FileRange(path, 0, n, True) for path, n in sorted(heads.items())),
+        tuple(FileRange(path, 0, n, True) for path, n in sorted(starts.items())),
     )
 
 

@@ -139,7 +139,7 @@ class Throttle:
     to 4-5 s beside an unthrottled loader). While gentle: at most ``readers``
     reads in flight (0: no limit), paced to ``bytes_per_s`` (0: unpaced), in
     the idle I/O class if ``idle`` (the block layer then serves CRIU first).
-    ``full()`` (the agent's SIGUSR1 once CRIU is done) lifts all of it.
+    ``full()`` (the agent closing its pipe once CRIU is done, or SIGUSR1) lifts all of it.
     """
 
     def __init__(self) -> None:
@@ -629,7 +629,7 @@ def serve(
             stats.update(loader.timings, bytes=loader.bytes_read, direct=loader.used_direct)
             if loader.first:
                 stats["first_bytes"] = loader.first_bytes
-            if loader.unleashed_at is not None:  # into the fill, when SIGUSR1 came
+            if loader.unleashed_at is not None:  # into the fill, when CRIU was done
                 stats["full_speed_after_s"] = loader.unleashed_at
             if loader.trace is not None and hasattr(loader, "t_fill"):
                 z = loader.t_fill

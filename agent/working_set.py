@@ -41,7 +41,8 @@ MAX_SET_BYTES = 2 << 30  # what it may make a restore read
 
 def sample(pids: Iterable[int]) -> tuple[FileRange, ...]:
     """File pages the tree has mapped in and does not hold a private copy of (worker paths)."""
-    return record(pids).mapped  # a fresh restore has in its page tables what it touched since
+    # a fresh restore has in its page tables what it touched since
+    return record(pids, heads=False).mapped
 
 
 def load(folder: Path) -> tuple[FileRange, ...] | None:

@@ -458,7 +458,7 @@ class Bench:
         pidfile.unlink(missing_ok=True)
         drop_caches()
         if "criuwarm" in how:  # CRIU's own files kept in memory by the agent
-            warm_files(criu_files(self.criu))
+            prefetch(criu_files(self.criu), readers=4)
         if how.startswith(("loader", "ordered")):
             # the agent is a running daemon: its own code is in the page cache, the worker's not
             self.running_agent()
@@ -492,6 +492,7 @@ class Bench:
             warm = threading.Thread(target=warm_metadata, args=(image,))
             warm.start()
         loader = None
+        criu_running: int | None = None  # the loader reads gently until this closes
         loader_stats = self.work / "loader-stats.json"
         gentle = gentle_readers = ""
         io_mode = "direct"
@@ -502,7 +503,7 @@ class Bench:
             from agent import file_pages, steps, working_set
 
             # ordered@READERS:CHUNK_MIB[:HINT_MIB[:PRIME_MIB[:GENTLE[:IO]]]]: the defaults are
-            # the agent's; GENTLE: readers in flight until CRIU is done (SIGUSR1), IO: direct
+            # the agent's; GENTLE: readers in flight until CRIU is done, IO: direct
             # or buffered for the regions
             knobs = (how.partition("@")[2] or "").split(":")
             readers, chunk_mib, hint_mib, prime_mib, gentle_readers, io_mode = [
@@ -538,15 +539,18 @@ class Bench:
                 DEFAULT_GENTLE if how.split("@")[0] in ("loader", "loader-pf") else ""
             )
             loader_stats.unlink(missing_ok=True)
+            done_r, criu_running = os.pipe()  # as the agent does: closed when CRIU is done
             loader = subprocess.Popen(
                 [sys.executable, "-m", "agent.gpu_regions", "--spec", str(image / GPU_REGIONS_FILE),
                  "--control", str(control), "--stats", str(loader_stats),
                  *(["--readers", readers, "--chunk-mib", chunk_mib] if first else
                    ["--readers", str(self.args.readers)]),
                  *(["--gentle", gentle] if gentle else []), *first, "--trace",
+                 "--gentle-until-eof", str(done_r),
                  *(["--buffered"] if how == "loader-buffered" or io_mode == "buffered" else [])],
-                cwd=str(REPO), stdin=subprocess.DEVNULL,
+                cwd=str(REPO), stdin=subprocess.DEVNULL, pass_fds=(done_r,),
             )  # fmt: skip
+            os.close(done_r)
         if how.startswith("loader-pf"):  # + the restore init step's prefetch of CRIU's images
             fetcher = threading.Thread(target=prefetch, args=(files,), kwargs={"readers": 8})
             fetcher.start()
@@ -563,16 +567,16 @@ class Bench:
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         sampler = TaskSampler(criu_proc.pid)
-        out, err = criu_proc.communicate()
+        _, criu_err = criu_proc.communicate()
         m2 = time.monotonic()
         criu_tasks = sampler.stop()
-        rest = subprocess.CompletedProcess(criu_proc.args, criu_proc.returncode, out, err)
         io.append(disk_reads())
-        if rest.returncode != 0:
+        if criu_proc.returncode != 0:
             log = image / log_name
-            raise RuntimeError(f"criu restore failed: {rest.stderr}\n{log.read_text()[-4000:]}")
-        if gentle and loader is not None:  # CRIU is done: the disk is the loader's
-            loader.send_signal(signal.SIGUSR1)
+            raise RuntimeError(f"criu restore failed: {criu_err}\n{log.read_text()[-4000:]}")
+        if criu_running is not None:  # CRIU is done: the disk is the loader's
+            os.close(criu_running)
+            criu_running = None
         pid = int(pidfile.read_text().strip())
         if how == "tail" and external:  # disk is idle from here: start on the weights' files
             fetcher = threading.Thread(target=prefetch, args=(external,), kwargs={"readers": 16})
@@ -1090,13 +1094,6 @@ def criu_files(spec) -> list[Path]:
         with contextlib.suppress(OSError):
             out += sorted(p for p in Path(d).iterdir() if p.is_file() and not p.is_symlink())
     return out
-
-
-def warm_files(paths: list[Path]) -> None:
-    for p in paths:
-        with contextlib.suppress(OSError), open(p, "rb") as f:
-            while f.read(8 << 20):
-                pass
 
 
 def criu_restore_stats(image: Path) -> dict:
