@@ -8,10 +8,11 @@ CRIU instead, from the moment the restore starts:
 
   * it allocates each region with ``cuMemCreate`` as a shareable (POSIX fd)
     allocation on the worker's GPU;
-  * parallel readers pull the recorded file ranges with ``O_DIRECT`` into
-    page-aligned pinned buffers and copy them to the GPU: no page cache, so no
-    fresh host memory to fault in while CRIU fills the process's pages, and
-    the disk serves CRIU and the loader at once;
+  * parallel readers pull the recorded file ranges into page-aligned pinned
+    buffers and copy them to the GPU: the first ``--cached-mib`` from the page
+    cache, where the agent's read stream (``file_pages.advise``) brings them
+    in order behind CRIU's images from the restore's first moment, the rest
+    with ``O_DIRECT``;
   * it listens on ``GPU_REGIONS_SOCKET`` in the pod's control dir; the resumed
     worker connects, receives the allocations' fds (SCM_RIGHTS), maps them at
     the addresses it kept and acknowledges. Then the loader lets go and exits.
@@ -38,7 +39,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,60 @@ def plan_reads(regions: Sequence[GpuRegion], chunk: int = DEFAULT_CHUNK) -> list
         need = max(b + n for b, _, _, n in segs)
         jobs.append(ReadJob(path, w, -(-need // ALIGN) * ALIGN, tuple(sorted(segs))))
     return jobs
+
+
+def cached_count(jobs: Sequence[ReadJob], budget: int) -> int:
+    """How many leading jobs fit in ``budget`` bytes: the ones read through the page cache.
+
+    The agent asks the kernel for those bytes itself, behind the restore's other
+    reads (:func:`cached_ranges`), so the disk keeps reading while this process
+    starts and brings up CUDA; the loader then copies them from the page cache.
+    """
+    n = total = 0
+    for job in jobs:
+        if total + job.length > budget:
+            break
+        total += job.length
+        n += 1
+    return n
+
+
+def cached_ranges(spec: GpuRegions, budget: int, chunk: int = DEFAULT_CHUNK) -> list[FileRange]:
+    """The worker-root file ranges of the first ``budget`` bytes the loader reads, in its order."""
+    jobs = plan_reads(spec.regions, chunk)
+    return [FileRange(j.path, j.offset, j.length, True) for j in jobs[: cached_count(jobs, budget)]]
+
+
+class _Tracker:
+    """Counts finished pool tasks and keeps the first failure.
+
+    ``concurrent.futures.wait`` over thousands of futures locks and re-arms each
+    of them on every call: Python work, under the GIL the readers need between
+    their reads. A done-callback per future costs one short lock instead.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.left = 0
+        self.error: BaseException | None = None
+        self.finished = threading.Event()
+        self.finished.set()
+
+    def add(self, future) -> None:
+        with self._lock:
+            self.left += 1
+            if self.error is None:
+                self.finished.clear()
+        future.add_done_callback(self._done)
+
+    def _done(self, future) -> None:
+        err = None if future.cancelled() else future.exception()
+        with self._lock:
+            self.left -= 1
+            if err is not None and self.error is None:
+                self.error = err
+            if self.left == 0 or self.error is not None:
+                self.finished.set()
 
 
 def check_files(spec: GpuRegions, root: Path) -> dict[str, Path]:
@@ -289,8 +344,10 @@ class Loader:
         throttle: Throttle | None = None,
         first: Sequence[FileRange] = (),
         hint_bytes: int = 0,
+        cached_bytes: int = 0,
     ) -> None:
         self.spec, self.root, self.readers, self.chunk = spec, Path(root), readers, chunk
+        self.cached_bytes = cached_bytes  # leading region bytes read through the page cache
         self.hint_bytes = hint_bytes  # see _Hints
         self.first = list(first)  # page-cache reads ahead of the regions (CRIU's images)
         self.first_bytes = 0
@@ -352,7 +409,10 @@ class Loader:
         t0 = self.t_fill = time.monotonic()
         files = check_files(self.spec, self.root)
         jobs = plan_reads(self.spec.regions, self.chunk)
+        n_cached = cached_count(jobs, self.cached_bytes)
+        self.timings["cached_bytes"] = float(sum(j.length for j in jobs[:n_cached]))
         fds: dict[str, int] = {}
+        cached_fds: dict[str, int] = {}  # the agent asked the kernel for these bytes
         ready = threading.Event()
         failure: list[BaseException] = []
 
@@ -379,13 +439,18 @@ class Loader:
             for path, host in files.items():
                 fds[path], direct = _open(host, self.direct)
                 self.used_direct = self.used_direct and direct
-            self._fill(jobs, fds, ready, failure)
+            for path in {j.path for j in jobs[:n_cached]}:
+                cached_fds[path] = os.open(files[path], os.O_RDONLY)
+                # exactly the asked-for pages: readahead past them would read bytes that
+                # the O_DIRECT reads then fetch from the disk a second time
+                os.posix_fadvise(cached_fds[path], 0, 0, os.POSIX_FADV_RANDOM)
+            self._fill(jobs, fds, ready, failure, cached_fds, n_cached)
             self.timings["read_copy_s"] = time.monotonic() - t0
         except OSError as e:
             raise RegionLoadError(f"reading the region files failed: {e}") from None
         finally:
             cuda.join()
-            for fd in fds.values():
+            for fd in [*fds.values(), *cached_fds.values()]:
                 os.close(fd)
         if failure:
             raise failure[0]
@@ -397,6 +462,8 @@ class Loader:
         fds: dict[str, int],
         ready: threading.Event,
         failure: list[BaseException],
+        cached_fds: dict[str, int] | None = None,
+        n_cached: int = 0,
     ) -> None:
         buffers: list[tuple[mmap.mmap, int]] = []  # page-aligned, pinned once CUDA is up
         free: list[tuple[int, bool]] = []  # (address, registered with CUDA)
@@ -414,7 +481,7 @@ class Loader:
                 buffers.append((m, addr))
             return addr, False
 
-        def run(job: ReadJob) -> None:
+        def run(job: ReadJob, cached: bool = False) -> None:
             t_start = time.monotonic()
             self.throttle.acquire(job.length)
             buf, pinned = buffer()
@@ -422,7 +489,7 @@ class Loader:
             try:
                 view = (ctypes.c_char * job.length).from_address(buf)
                 got = 0
-                fd = fds[job.path]
+                fd = cached_fds[job.path] if cached and cached_fds else fds[job.path]
                 while got < job.length:
                     r = os.preadv(fd, [memoryview(view).cast("B")[got:]], job.offset + got)
                     if r == 0:
@@ -520,16 +587,21 @@ class Loader:
         if self.hint_bytes > 0 and self.first:
             hinter.start()
         try:
-            with ThreadPoolExecutor(self.readers, thread_name_prefix="regions") as pool:
-                # FIFO: these go first
-                pending = {pool.submit(ahead, i, r) for i, r in enumerate(self.first)}
-                pending |= {pool.submit(run, j) for j in jobs}
-                while pending:  # short waits: the main thread must stay free for signals
-                    done, pending = wait(pending, timeout=0.05, return_when=FIRST_EXCEPTION)
-                    for f in done:
-                        f.result()
+            tracker = _Tracker()
+            pool = ThreadPoolExecutor(self.readers, thread_name_prefix="regions")
+            try:
+                for i, r in enumerate(self.first):  # FIFO: these go first
+                    tracker.add(pool.submit(ahead, i, r))
+                for k, j in enumerate(jobs):
+                    tracker.add(pool.submit(run, j, k < n_cached))
+                # short waits: the main thread must stay free for signals
+                while not tracker.finished.wait(0.05):
                     if self.unleashed_at is None and self.throttle.signalled:
                         self.unleashed_at = time.monotonic() - self.t_fill
+            finally:  # a failure leaves the queued reads unrun
+                pool.shutdown(wait=True, cancel_futures=tracker.error is not None)
+            if tracker.error is not None:
+                raise tracker.error
             ready.wait()
             if not failure:  # this thread too (export and close run here)
                 self.drv._check("cuCtxSetCurrent", self.d.cuCtxSetCurrent(self.ctx))
@@ -609,13 +681,16 @@ def serve(
     chunk: int = DEFAULT_CHUNK,
     hint_bytes: int = 0,
     trace: bool = False,
+    cached_bytes: int = 0,
 ) -> dict:
     """Listen first (the worker waits on us), load, hand over; returns what happened."""
     name = name or GPU_REGIONS_SOCKET
     t0 = time.monotonic()
     listener = listen(control, name, uid)
     stats: dict[str, Any] = {"ok": False}
-    loader = Loader(spec, root, device_uuid, readers, chunk, direct, throttle, first, hint_bytes)
+    loader = Loader(
+        spec, root, device_uuid, readers, chunk, direct, throttle, first, hint_bytes, cached_bytes
+    )
     if trace:
         loader.trace = []
     try:
@@ -705,6 +780,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--gentle-until-eof", type=int, default=None, metavar="FD",
         help="like SIGUSR1: lift --gentle when this inherited pipe closes (CRIU is done)",
     )  # fmt: skip
+    p.add_argument(
+        "--cached-mib", type=int, default=0,
+        help="read the regions' first MiB through the page cache (the agent asked for them)",
+    )  # fmt: skip
     p.add_argument("--trace", action="store_true", help="every read's times in --stats")
     a = p.parse_args(argv)
     try:
@@ -725,7 +804,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stats = serve(
         spec, a.control, a.root, a.device_uuid, a.readers, not a.buffered, a.uid, a.timeout,
         throttle=throttle, first=first, chunk=a.chunk_mib << 20, hint_bytes=a.hint_mib << 20,
-        trace=a.trace,
+        trace=a.trace, cached_bytes=a.cached_mib << 20,
     )  # fmt: skip
     stats["started_wall"] = started
     if a.stats:

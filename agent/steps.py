@@ -21,7 +21,14 @@ import threading
 from pathlib import Path
 from typing import Protocol
 
-from thaw.contract import FILE_PAGES_FILE, GPU_REGIONS_FILE, GpuInfo, GpuRegions, Manifest
+from thaw.contract import (
+    FILE_PAGES_FILE,
+    GPU_REGIONS_FILE,
+    GpuInfo,
+    GpuRegions,
+    Manifest,
+    RegionsError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +39,19 @@ log = logging.getLogger(__name__)
 RESTORE_READERS = 16
 RESTORE_READERS_BESIDE_CRIU = 4
 RESTORE_CHUNK = 4 << 20
-# Asked of the kernel by the agent itself while the reader process starts (~0.3 s of disk).
-RESTORE_PRIME = 512 << 20
-# Page-cache reads asked for this far ahead of the readers (agent.gpu_regions._Hints):
-# restores of 3.0-3.4 s with 64 MiB, 3.4-4.7 s with none, CRIU slower with 128 MiB
-# (bench/gpu_restore.py --explore on one H100 node).
-RESTORE_HINT = 64 << 20
+# The agent itself asks the kernel for the whole read order (agent.file_pages.advise) the moment
+# the reader process is spawned, then for the weights, in one stream with at most RESTORE_DEPTH
+# asked for and not yet read: the disk reads at full speed while that process starts (~0.1 s) and
+# brings up CUDA (~0.3-0.5 s), and a synchronous read (CRIU's own, a process's start) waits behind
+# 64 MiB, not behind the disk's whole queue. The loader copies the first RESTORE_CACHED bytes of
+# weights from the page cache and reads any rest with O_DIRECT. Measured on H100 nodes
+# (bench/results/gpu-restore.md): restores of 2.18 s median with a 64 MiB bound, 2.26 s with
+# 256 MiB, 2.37-2.46 s unbounded, 2.64 s with the agent's former 512 MiB prime.
+RESTORE_DEPTH = 64 << 20
+RESTORE_CACHED = 32 << 30
+# Page-cache reads the loader asks for ahead of its own readers (agent.gpu_regions._Hints): off,
+# the agent's stream is ahead of them (2.36 s with 64 MiB of hints and a 128 MiB bound).
+RESTORE_HINT = 0
 
 
 @dataclasses.dataclass
@@ -164,6 +178,7 @@ class GpuRegionsStep(BaseStep):
         self.loader: subprocess.Popen | None = None
         self.reads: Path | None = None
         self.criu_running: int | None = None  # held open until CRIU is done (loader's pace)
+        self.stop_reads = threading.Event()
 
     def before_dump(self, ctx: DumpContext) -> None:
         from agent.pods import control_via_proc, open_control_file
@@ -184,15 +199,21 @@ class GpuRegionsStep(BaseStep):
             return
         import tempfile
 
-        from agent import file_pages, working_set
+        from agent import file_pages, gpu_regions, working_set
         from agent.pods import control_via_proc
 
-        # One pool of readers, one order: what CRIU reads, the pages the resumed worker
-        # faults in (the learned working set once there is one), then the regions. Few
-        # small reads in flight keep each of CRIU's own synchronous reads short; the disk
-        # is still kept busy (bench/results/gpu-restore.md).
+        # One stream, one order: what CRIU reads, the pages the resumed worker faults in
+        # (the learned working set once there is one), then the regions' bytes. At most
+        # RESTORE_DEPTH in flight keeps each of CRIU's own synchronous reads short; the disk
+        # is still kept busy (bench/results/gpu-restore.md). The loader reads the same order
+        # behind the stream, mostly from the page cache.
         learned = working_set.load(ctx.folder)
         order = file_pages.restore_reads(ctx.folder, learned=learned)
+        try:
+            regions = GpuRegions.from_json(spec.read_bytes())
+            cached = gpu_regions.cached_ranges(regions, RESTORE_CACHED, RESTORE_CHUNK)
+        except (OSError, RegionsError):  # the loader says why and the worker reads its files
+            cached = []
         if learned is not None:
             ctx.timings["working_set_bytes"] = float(file_pages.total_bytes(learned))
         fd, reads = tempfile.mkstemp(prefix="thaw-reads-", suffix=".json")
@@ -206,7 +227,7 @@ class GpuRegionsStep(BaseStep):
             "--uid", str(os.stat(f"/proc/{ctx.into}").st_uid), "--first", reads,
             "--readers", str(RESTORE_READERS), "--chunk-mib", str(RESTORE_CHUNK >> 20),
             "--gentle", str(RESTORE_READERS_BESIDE_CRIU), "--gentle-until-eof", str(done_r),
-            "--hint-mib", str(RESTORE_HINT >> 20),
+            "--hint-mib", str(RESTORE_HINT >> 20), "--cached-mib", str(RESTORE_CACHED >> 20),
         ]  # fmt: skip
         uuid = _placeholder_gpu(ctx.into)
         if uuid:
@@ -223,7 +244,11 @@ class GpuRegionsStep(BaseStep):
             os.close(done_r)
         # After the spawn: measured, a spawn waits behind a prime already under way.
         threading.Thread(
-            target=file_pages.advise, args=(order, RESTORE_PRIME), name="restore-prime", daemon=True
+            target=file_pages.advise,
+            args=(order + cached, None, Path(f"/proc/{ctx.into}/root"), RESTORE_DEPTH),
+            kwargs={"stop": self.stop_reads},
+            name="restore-reads",
+            daemon=True,
         ).start()
         threading.Thread(target=self._reap, name="gpu-regions-reap", daemon=True).start()
 
@@ -242,6 +267,7 @@ class GpuRegionsStep(BaseStep):
             self.reads.unlink(missing_ok=True)
 
     def abort_restore(self, ctx: RestoreContext) -> None:
+        self.stop_reads.set()
         self._criu_done()
         if self.loader is not None and self.loader.poll() is None:
             self.loader.kill()

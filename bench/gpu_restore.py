@@ -58,6 +58,7 @@ from thaw.contract import (  # noqa: E402
     ENV_MODE,
     FILE_PAGES_FILE,
     GPU_REGIONS_FILE,
+    GpuRegions,
     Signal,
 )
 
@@ -131,9 +132,11 @@ def worker(args: argparse.Namespace) -> None:
         return t_first, toks, digest.hexdigest()
 
     def serve(event: str) -> None:
+        t_resumed = time.time()  # resume hooks done (weights mapped): the rest is the engine's
         t_first, toks, digest = generate()
         record = {
             "event": event,
+            "t_resumed": t_resumed,
             "t_first": t_first,
             "t_done": time.time(),
             "tokens": toks,
@@ -499,19 +502,27 @@ class Bench:
         first: list[str] = []
         if how.startswith("ordered"):  # one reader pool in priority order, nothing held back:
             # CRIU's small images, the file pages it and the resumed process fault in, CRIU's
-            # pages, then the weights (O_DIRECT onto the GPU)
-            from agent import file_pages, steps, working_set
+            # pages, then the weights (from the page cache onto the GPU)
+            from agent import file_pages, gpu_regions, steps, working_set
 
-            # ordered@READERS:CHUNK_MIB[:HINT_MIB[:PRIME_MIB[:GENTLE[:IO]]]]: the defaults are
-            # the agent's; GENTLE: readers in flight until CRIU is done, IO: direct
-            # or buffered for the regions
+            # ordered@READERS:CHUNK_MIB[:HINT_MIB[:PRIME[:GENTLE[:IO[:CACHED_MIB[:DEPTH_MIB]]]]]]:
+            # the defaults are the agent's; PRIME: what the agent asks the kernel for at the
+            # start, "all" (the whole order, worker paths too: the agent now) or MiB, with "h"
+            # host paths only (the agent before: 512h); GENTLE: readers in flight until CRIU is
+            # done; IO: direct or buffered for the regions; CACHED_MIB: weights asked for after
+            # the order and read from the page cache ("all": every byte); DEPTH_MIB: the most
+            # the agent's stream has asked for and not yet read (0: no bound)
             knobs = (how.partition("@")[2] or "").split(":")
-            readers, chunk_mib, hint_mib, prime_mib, gentle_readers, io_mode = [
+            (readers, chunk_mib, hint_mib, prime_knob, gentle_readers, io_mode, cached_knob,
+             depth_mib) = [
                 knobs[i] if len(knobs) > i and knobs[i] else str(default)
                 for i, default in enumerate((steps.RESTORE_READERS, steps.RESTORE_CHUNK >> 20,
-                                             steps.RESTORE_HINT >> 20, steps.RESTORE_PRIME >> 20,
-                                             steps.RESTORE_READERS_BESIDE_CRIU, "direct"))
+                                             steps.RESTORE_HINT >> 20, "all",
+                                             steps.RESTORE_READERS_BESIDE_CRIU, "direct",
+                                             steps.RESTORE_CACHED >> 20,
+                                             steps.RESTORE_DEPTH >> 20))
             ]  # fmt: skip
+            depth = (int(depth_mib) << 20) or None
             # ordered: the working set learned by earlier restores (agent.working_set) when
             # there is one; ordered-recorded: all the dump recorded; -nolibs: CRIU's images
             learned = None if how.startswith("ordered-recorded") else working_set.load(image)
@@ -521,16 +532,29 @@ class Bench:
             working = working_set.describe(learned)
             if how.startswith("ordered-nolibs"):
                 reads = [r for r in reads if not r.in_root]
+            spec = GpuRegions.from_json((image / GPU_REGIONS_FILE).read_bytes())
+            cached_bytes = 1 << 62 if cached_knob == "all" else int(cached_knob) << 20
+            cached = gpu_regions.cached_ranges(spec, cached_bytes, int(chunk_mib) << 20)
             marks["list_s"] = time.monotonic() - m0
+            if prime_knob == "all":  # as the agent: the bench's worker root is the host's
+                prime_args = (reads + cached, None, Path("/"), depth)
+            elif prime_knob.endswith("h"):
+                prime_args = (reads, int(prime_knob[:-1]) << 20, None, depth)
+            else:
+                prime_args = (reads + cached, int(prime_knob) << 20, Path("/"), depth)
             prime = (
                 None
                 if "noprime" in how
                 else threading.Thread(
-                    target=file_pages.advise, args=(reads, int(prime_mib) << 20), daemon=True
+                    target=lambda: marks.__setitem__(
+                        "stream_asked_s", (file_pages.advise(*prime_args), time.monotonic() - m0)
+                    ),
+                    daemon=True,
                 )
             )  # the agent asks for the first reads itself once the loader is spawned
             (self.work / "first.json").write_bytes(file_pages.to_json(reads))
-            first = ["--first", str(self.work / "first.json"), "--hint-mib", hint_mib]
+            first = ["--first", str(self.work / "first.json"), "--hint-mib", hint_mib,
+                     "--cached-mib", str(min(cached_bytes, 1 << 40) >> 20)]  # fmt: skip
             marks["list_written_s"] = time.monotonic() - m0
         if how.startswith(("loader", "ordered")):  # the agent's GpuRegionsStep: weights refilled
             # loader: gentle while CRIU runs (the earlier default), loader@R:G: gentle with R
@@ -624,6 +648,7 @@ class Bench:
             "logits_sha256": rec["logits_sha256"],
             "cuda_timings": dict(step.timings),
             "restore_s": rec["t_first"] - t0,
+            "resumed_at_s": rec.get("t_resumed", rec["t_first"]) - t0,
             "restore_all_tokens_s": rec["t_done"] - t0,
             "prefetch_s": m1 - m0,
             "prefetch_gbps": pre.gbps if pre else None,
@@ -1215,6 +1240,17 @@ def _file_pages_note(ws: dict) -> str:
     return "all the dump recorded (nothing learned yet)"
 
 
+def _loader_io(loader: dict) -> str:
+    """How the loader read: from the page cache the agent's stream filled, or O_DIRECT."""
+    cached = min(loader.get("cached_bytes", 0.0), loader["bytes"])
+    if not cached:
+        return "O_DIRECT" if loader["direct"] else "page cache"
+    rest = loader["bytes"] - cached
+    return f"{cached / 1e9:.2f} GB from the agent's read stream (page cache)" + (
+        f", {rest / 1e9:.2f} GB {'O_DIRECT' if loader['direct'] else 'page cache'}" if rest else ""
+    )
+
+
 def write_outputs(out: Path, r: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu-restore.json").write_text(json.dumps(r, indent=2, sort_keys=True) + "\n")
@@ -1265,8 +1301,7 @@ def write_outputs(out: Path, r: dict) -> None:
              f"(weights from {x.get('weights_source') or 'snapshot'}: "
              f"{x['weights_reload_s']:.2f} in the worker"
              + (f"; loader {x['loader']['bytes'] / gb:.2f} GB in {x['loader']['load_s']:.2f} s, "
-                f"{'O_DIRECT' if x['loader']['direct'] else 'page cache'}"
-                if x.get("loader", {}).get("load_s") else "")
+                + _loader_io(x["loader"]) if x.get("loader", {}).get("load_s") else "")
              + (f"; file pages read ahead: {_file_pages_note(x['working_set'])}"
                 if x.get("working_set") else "") + ")")
         )  # fmt: skip

@@ -5,9 +5,7 @@ The GPU half (allocate, fill, hand over, map) is tests/gpu/test_gpu_regions_hand
 
 from __future__ import annotations
 
-import ctypes
 import json
-import mmap
 import os
 import random
 import socket
@@ -20,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from agent.gpu_regions import ALIGN, check_files, listen, plan_reads
+from tests.support.page_cache import resident
 from thaw import fdpass
 from thaw.contract import (
     GpuRegion,
@@ -277,22 +276,6 @@ def test_dump_step_takes_the_regions_description_into_the_snapshot(tmp_path: Pat
         os.waitpid(pid, 0)
 
 
-def _resident(fd: int, size: int) -> list[bool]:
-    """Per page: in the page cache (mincore on a mapping; asking does not read anything)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                          ctypes.c_int, ctypes.c_long]  # fmt: skip
-    addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
-    assert addr not in (None, ctypes.c_void_p(-1).value)
-    try:
-        vec = (ctypes.c_ubyte * (size // 4096))()
-        assert libc.mincore(ctypes.c_void_p(addr), ctypes.c_size_t(size), vec) == 0
-        return [bool(v & 1) for v in vec]
-    finally:
-        libc.munmap(ctypes.c_void_p(addr), ctypes.c_size_t(size))
-
-
 def test_hints_run_at_most_their_depth_ahead_of_the_readers(tmp_path: Path) -> None:
     from agent.file_pages import FileRange
     from agent.gpu_regions import _Hints
@@ -306,7 +289,7 @@ def test_hints_run_at_most_their_depth_ahead_of_the_readers(tmp_path: Path) -> N
     fd = os.open(data, os.O_RDONLY)
 
     def cached() -> list[bool]:
-        pages = _resident(fd, 8 << 20)
+        pages = resident(fd, 8 << 20)
         return [all(pages[r.offset // 4096 : (r.offset + r.length) // 4096]) for r in ranges]
 
     try:

@@ -18,6 +18,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from thaw.contract import ENV_CONTROL_DIR, GPU_REGIONS_FILE, GPU_REGIONS_SOCKET, GpuRegions
 
 REPO = Path(__file__).resolve().parents[2]
@@ -79,7 +81,12 @@ def _wait(path: Path, proc: subprocess.Popen) -> None:
         time.sleep(0.02)
 
 
-def test_loader_fills_and_hands_over(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "extra",
+    [(), ("--chunk-mib", "4", "--cached-mib", "64")],
+    ids=["direct", "first-64MiB-from-page-cache"],
+)
+def test_loader_fills_and_hands_over(tmp_path: Path, extra: tuple[str, ...]) -> None:
     control = tmp_path / "control"
     control.mkdir()
     env = {**os.environ, "PYTHONPATH": str(REPO), ENV_CONTROL_DIR: str(control)}
@@ -90,7 +97,7 @@ def test_loader_fills_and_hands_over(tmp_path: Path) -> None:
     _wait(control / "released", worker)
     spec = GpuRegions.from_json((control / GPU_REGIONS_FILE).read_text())
     assert spec.regions[0].source_bytes == (4096 * 8192 * 2 + 8192 + 4096) * 4
-    loader = _loader(control / GPU_REGIONS_FILE, control)
+    loader = _loader(control / GPU_REGIONS_FILE, control, *extra)
     _wait(control / "adopted", worker)
     assert loader.wait(timeout=60) == 0, loader.communicate()
     stats = json.loads((tmp_path / "stats.json").read_text())

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Run bench/gpu_restore.py on a GPU machine that has no network (the device kind).
+#
+# That machine has Python with torch, transformers and cuda-bindings, but not CRIU: carry the
+# unpacked CRIU folder made by `make install` as .criu/criu-4.1.1 (its apt/ cache left out) and,
+# where the machine's Python lacks protobuf, a wheel of it in .whl/ (pycriu's messages need it).
+#   bench/device-run.sh run --explore --restore-modes ordered ...   (arguments: gpu_restore.py's)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CACHE=${THAW_CACHE:-$HOME/.cache/thaw}
+if [[ ! -f $CACHE/criu-4.1.1/criu.json && -d .criu/criu-4.1.1 ]]; then
+    mkdir -p "$CACHE"
+    cp -a .criu/criu-4.1.1 "$CACHE/"
+    # the folder's scripts name the cache they were unpacked into: point them here
+    old=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["binary"].split("/criu-4.1.1/")[0])' \
+        "$CACHE/criu-4.1.1/criu.json")
+    sed -i "s#$old#$CACHE#g" "$CACHE/criu-4.1.1/criu.json" "$CACHE/criu-4.1.1/bin/criu"
+fi
+export THAW_CACHE=$CACHE
+export PYTHONPATH=$CACHE/criu-4.1.1/root/usr/lib/python3/dist-packages${PYTHONPATH:+:$PYTHONPATH}
+if ! python3 -c 'import google.protobuf' 2>/dev/null && compgen -G '.whl/protobuf-*.whl' >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --target /tmp/thaw-site .whl/protobuf-*.whl
+    export PYTHONPATH=/tmp/thaw-site:$PYTHONPATH
+fi
+for q in /sys/block/vd*/queue; do
+    echo "$q: scheduler=$(cat "$q/scheduler") nr_requests=$(cat "$q/nr_requests")" \
+        "max_sectors_kb=$(cat "$q/max_sectors_kb") max_segments=$(cat "$q/max_segments")" \
+        "max_segment_size=$(cat "$q/max_segment_size")"
+done 2>/dev/null || true
+echo "work dir on: $(df -T . | tail -1)"
+export PYTHONUNBUFFERED=1
+exec python3 bench/gpu_restore.py "$@"

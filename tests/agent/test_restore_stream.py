@@ -1,0 +1,242 @@
+"""The agent's ordered read stream at the start of a restore (``file_pages.advise``).
+
+Real files and real page-cache reads: the stream asks for the ranges in order,
+resolves worker paths inside the placeholder's root, keeps at most ``depth``
+bytes asked for and not yet read, stops when told, and the loader's split
+between page-cache and O_DIRECT reads covers every planned read once.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from agent import file_pages
+from agent.file_pages import FileRange
+from agent.gpu_regions import _Tracker, cached_count, cached_ranges, plan_reads
+from tests.support.page_cache import resident
+from thaw.contract import GpuRegion, GpuRegions, RegionSource, SourceFile
+
+MIB = 1 << 20
+
+
+def _cold_file(path: Path, size: int) -> None:
+    with open(path, "wb") as f:
+        f.write(os.urandom(size))
+        os.fsync(f.fileno())
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+class _Spy:
+    """Records the stream's page-cache requests and waits, on top of the real calls."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.events: list[tuple[str, int, int, int]] = []  # (kind, inode, offset, bytes)
+        real_advise, real_pread = os.posix_fadvise, os.pread
+
+        def advise(fd: int, offset: int, n: int, how: int) -> None:
+            self.events.append(("ask", os.fstat(fd).st_ino, offset, n))
+            real_advise(fd, offset, n, how)
+
+        def pread(fd: int, n: int, offset: int) -> bytes:
+            self.events.append(("wait", os.fstat(fd).st_ino, offset, n))
+            return real_pread(fd, n, offset)
+
+        monkeypatch.setattr(file_pages.os, "posix_fadvise", advise)
+        monkeypatch.setattr(file_pages.os, "pread", pread)
+
+
+def test_stream_reads_everything_in_order(tmp_path: Path, monkeypatch) -> None:
+    data = tmp_path / "pages.img"
+    _cold_file(data, 9 * MIB)
+    ranges = [FileRange(str(data), i * MIB, 256 << 10) for i in (3, 0, 5)]
+    spy = _Spy(monkeypatch)
+    assert file_pages.advise(ranges) == 3 * (256 << 10)
+    assert [(e[2], e[3]) for e in spy.events if e[0] == "ask"] == [
+        (r.offset, r.length) for r in ranges
+    ]
+    assert file_pages.advise(ranges, budget=300 << 10) == 300 << 10  # a budget cuts it short
+
+
+def test_stream_keeps_at_most_its_depth_asked_and_not_read(tmp_path: Path, monkeypatch) -> None:
+    data = tmp_path / "weights.bin"
+    _cold_file(data, 16 * MIB)
+    ranges = [FileRange(str(data), i * MIB, MIB) for i in range(16)]
+    spy = _Spy(monkeypatch)
+    assert file_pages.advise(ranges, depth=3 * MIB) == 16 * MIB
+    pending, waited = 0, []
+    for kind, _, offset, n in spy.events:
+        if kind == "ask":
+            pending += n
+        else:  # the oldest request's last page, in order
+            waited.append(offset)
+            pending -= MIB
+        assert pending <= 4 * MIB  # the depth, plus the request just asked for
+    assert waited == [i * MIB + MIB - 1 for i in range(13)]  # 3 MiB left in flight at the end
+    fd = os.open(data, os.O_RDONLY)
+    try:  # what the stream waited for is in the page cache
+        assert all(resident(fd, 16 * MIB)[: 13 * 256])
+    finally:
+        os.close(fd)
+
+
+def test_stream_resolves_worker_paths_inside_the_root(tmp_path: Path, monkeypatch) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "models").mkdir(parents=True)
+    outside.mkdir()
+    inside = root / "models" / "w.bin"
+    _cold_file(inside, MIB)
+    _cold_file(outside / "w.bin", MIB)
+    # a link planted in the worker's root, aimed at the host: resolved inside the root
+    (root / "link").symlink_to(outside)
+    (root / "models" / "last").symlink_to(outside / "w.bin")  # the last link: never followed
+    ranges = [
+        FileRange("/link/w.bin", 0, 4096, in_root=True),
+        FileRange("/models/w.bin", 0, 4096, in_root=True),
+        FileRange("/models/last", 0, 4096, in_root=True),
+        FileRange(str(outside / "w.bin"), 4096, 4096),  # a host path (CRIU's images)
+    ]
+    spy = _Spy(monkeypatch)
+    assert file_pages.advise(ranges, root=root) == 2 * 4096
+    asked = [(e[1], e[2]) for e in spy.events if e[0] == "ask"]
+    assert asked == [(inside.stat().st_ino, 0), ((outside / "w.bin").stat().st_ino, 4096)]
+    spy.events.clear()
+    assert file_pages.advise(ranges) == 4096  # no root: worker paths are left alone
+    assert [e[2] for e in spy.events] == [4096]
+
+
+def test_stream_stops_when_told(tmp_path: Path) -> None:
+    data = tmp_path / "x.bin"
+    _cold_file(data, MIB)
+    stop = threading.Event()
+    stop.set()
+    assert file_pages.advise([FileRange(str(data), 0, MIB)], stop=stop) == 0
+    assert file_pages.advise([FileRange(str(tmp_path / "gone"), 0, MIB)]) == 0  # missing: skipped
+
+
+def test_cached_part_and_direct_part_cover_every_planned_read(tmp_path: Path) -> None:
+    files = []
+    sources = []
+    at = 0
+    for name, size in (("a.safetensors", 10 * MIB + 123), ("b.safetensors", 7 * MIB)):
+        (tmp_path / name).write_bytes(b"\0")
+        files.append(SourceFile(f"/models/{name}", size, 1))
+        sources.append(RegionSource(f"/models/{name}", 8, at, size - 8))
+        at += size
+    spec = GpuRegions((GpuRegion("weights", at, tuple(files), tuple(sources)),), 0, "")
+    jobs = plan_reads(spec.regions, 4 * MIB)
+    assert cached_count(jobs, 0) == 0
+    assert cached_count(jobs, 1 << 62) == len(jobs)
+    n = cached_count(jobs, 9 * MIB)
+    assert n == 2 and sum(j.length for j in jobs[:n]) <= 9 * MIB
+    ranges = cached_ranges(spec, 9 * MIB, 4 * MIB)
+    assert [(r.path, r.offset, r.length) for r in ranges] == [
+        (j.path, j.offset, j.length) for j in jobs[:n]
+    ]
+    assert all(r.in_root for r in ranges)  # model files are the worker's
+
+
+def test_tracker_finishes_on_the_last_task_or_the_first_failure() -> None:
+    release = threading.Event()
+
+    def task(k: int) -> int:
+        release.wait(5)
+        if k == 3:
+            raise OSError("disk gone")
+        return k
+
+    tracker = _Tracker()
+    with ThreadPoolExecutor(2) as pool:
+        for k in (1, 2):
+            tracker.add(pool.submit(task, k))
+        assert not tracker.finished.is_set()
+        release.set()
+        assert tracker.finished.wait(5) and tracker.error is None and tracker.left == 0
+        release.clear()
+        for k in (3, 4, 5):
+            tracker.add(pool.submit(task, k))
+        release.set()
+        assert tracker.finished.wait(5)
+    assert isinstance(tracker.error, OSError)
+
+
+def test_restore_step_streams_the_order_then_the_weights_from_the_workers_root(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The agent's restore step: one stream (CRIU's images, then the weights under the
+    placeholder's root, bounded) beside a loader told to take those weights from the page cache."""
+    from agent import steps
+    from agent.steps import GpuRegionsStep, RestoreContext
+    from thaw.contract import CONTROL_DIR, CRIU_IMAGES_DIR, GPU_REGIONS_FILE
+
+    if os.geteuid() != 0:
+        pytest.skip("chroot needs root")
+    root = tmp_path / "root"
+    (root / CONTROL_DIR.lstrip("/")).mkdir(parents=True)
+    (root / "models").mkdir()
+    weights = root / "models" / "w.safetensors"  # only inside the worker's root
+    _cold_file(weights, 9 * MIB)
+    snap = tmp_path / "snap"
+    images = snap / CRIU_IMAGES_DIR
+    images.mkdir(parents=True)
+    (images / "core-1.img").write_bytes(b"c" * 300)
+    _cold_file(images / "pages-1.img", 6 * MIB)
+    st = weights.stat()
+    spec = GpuRegions(
+        (
+            GpuRegion(
+                "weights",
+                9 * MIB,
+                (SourceFile("/models/w.safetensors", st.st_size, st.st_mtime_ns),),
+                (RegionSource("/models/w.safetensors", 0, 0, 9 * MIB),),
+            ),
+        )
+    )
+    (snap / GPU_REGIONS_FILE).write_text(spec.to_json())
+    calls: list[tuple] = []
+    done = threading.Event()
+    real = file_pages.advise
+
+    def spy(ranges, budget=None, root=None, depth=None, stop=None) -> int:
+        asked = real(ranges, budget, root, depth, stop)
+        calls.append((list(ranges), budget, root, depth, asked))
+        done.set()
+        return asked
+
+    monkeypatch.setattr(file_pages, "advise", spy)
+    pid = os.fork()
+    if pid == 0:  # the placeholder: chrooted, waits to be killed
+        try:
+            os.chroot(root)
+            time.sleep(60)
+        finally:
+            os._exit(0)
+    step = GpuRegionsStep()
+    try:
+        deadline = time.monotonic() + 5
+        while os.readlink(f"/proc/{pid}/root") != str(root) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        step.before_restore(RestoreContext(None, snap, pid))  # type: ignore[arg-type]
+        assert done.wait(30)
+        ranges, budget, where, depth, asked = calls[0]
+        assert where == Path(f"/proc/{pid}/root") and depth == steps.RESTORE_DEPTH
+        assert budget is None
+        order = file_pages.restore_reads(snap)
+        assert ranges[: len(order)] == order  # CRIU's images first, in the restore's order
+        tail = ranges[len(order) :]
+        assert [(r.path, r.in_root) for r in tail] == [("/models/w.safetensors", True)] * 3
+        assert [r.offset for r in tail] == [0, 4 * MIB, 8 * MIB]  # the loader's 4 MiB reads
+        assert sum(r.length for r in tail) == 9 * MIB
+        # resolved inside the placeholder's root: the weights exist nowhere else
+        assert asked == sum(r.length for r in order) + 9 * MIB
+        argv = step.loader.args
+        assert argv[argv.index("--cached-mib") + 1] == str(steps.RESTORE_CACHED >> 20)
+    finally:
+        step.abort_restore(RestoreContext(None, snap, pid))  # type: ignore[arg-type]
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
