@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import file_pages
-from agent.file_pages import FileRange
+from agent.file_pages import OPENERS, FileRange
 from agent.procfs import resolve_under
 from thaw import fdpass
 from thaw.contract import GPU_REGIONS_SOCKET, GpuRegion, GpuRegions, RegionsError
@@ -57,7 +57,6 @@ DEFAULT_READERS = 16
 # While CRIU restores: READERS[:GB_PER_S] (see Throttle); measured on the GPU node.
 DEFAULT_GENTLE = "2:0.8"
 ACCEPT_TIMEOUT_S = 300.0
-OPENERS = 32  # files of the --first list opened in parallel
 
 
 class RegionLoadError(RuntimeError):

@@ -61,6 +61,10 @@ def test_stream_reads_everything_in_order(tmp_path: Path, monkeypatch) -> None:
         (r.offset, r.length) for r in ranges
     ]
     assert file_pages.advise(ranges, budget=300 << 10) == 300 << 10  # a budget cuts it short
+    spy.events.clear()  # a range larger than the kernel reads per request goes out in pieces
+    piece = file_pages.ADVISE_PIECE
+    assert file_pages.advise([FileRange(str(data), 0, 2 * piece + 4096)]) == 2 * piece + 4096
+    assert [(e[2], e[3]) for e in spy.events] == [(0, piece), (piece, piece), (2 * piece, 4096)]
 
 
 def test_stream_keeps_at_most_its_depth_asked_and_not_read(tmp_path: Path, monkeypatch) -> None:
