@@ -533,7 +533,7 @@ class Bench:
             if how.startswith("ordered-nolibs"):
                 reads = [r for r in reads if not r.in_root]
             spec = GpuRegions.from_json((image / GPU_REGIONS_FILE).read_bytes())
-            cached_bytes = 1 << 62 if cached_knob == "all" else int(cached_knob) << 20
+            cached_bytes = 1 << 40 if cached_knob == "all" else int(cached_knob) << 20
             cached = gpu_regions.cached_ranges(spec, cached_bytes, int(chunk_mib) << 20)
             marks["list_s"] = time.monotonic() - m0
             if prime_knob == "all":  # as the agent: the bench's worker root is the host's
@@ -542,19 +542,15 @@ class Bench:
                 prime_args = (reads, int(prime_knob[:-1]) << 20, None, depth)
             else:
                 prime_args = (reads + cached, int(prime_knob) << 20, Path("/"), depth)
-            prime = (
-                None
-                if "noprime" in how
-                else threading.Thread(
-                    target=lambda: marks.__setitem__(
-                        "stream_asked_s", (file_pages.advise(*prime_args), time.monotonic() - m0)
-                    ),
-                    daemon=True,
-                )
-            )  # the agent asks for the first reads itself once the loader is spawned
+
+            def stream() -> None:  # the agent's stream, started once the loader is spawned
+                asked = file_pages.advise(*prime_args)
+                marks["stream_asked_s"] = (asked, time.monotonic() - m0)
+
+            prime = None if "noprime" in how else threading.Thread(target=stream, daemon=True)
             (self.work / "first.json").write_bytes(file_pages.to_json(reads))
             first = ["--first", str(self.work / "first.json"), "--hint-mib", hint_mib,
-                     "--cached-mib", str(min(cached_bytes, 1 << 40) >> 20)]  # fmt: skip
+                     "--cached-mib", str(cached_bytes >> 20)]  # fmt: skip
             marks["list_written_s"] = time.monotonic() - m0
         if how.startswith(("loader", "ordered")):  # the agent's GpuRegionsStep: weights refilled
             # loader: gentle while CRIU runs (the earlier default), loader@R:G: gentle with R
