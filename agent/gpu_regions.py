@@ -56,6 +56,8 @@ DEFAULT_CHUNK = 16 << 20
 DEFAULT_READERS = 16
 # While CRIU restores: READERS[:GB_PER_S] (see Throttle); measured on the GPU node.
 DEFAULT_GENTLE = "2:0.8"
+DEFAULT_STAGING = 512 << 20  # read-ahead of the GPU copies for --direct-inflight
+COPIERS = 2  # threads copying staged reads onto the GPU
 ACCEPT_TIMEOUT_S = 300.0
 
 
@@ -344,8 +346,12 @@ class Loader:
         first: Sequence[FileRange] = (),
         hint_bytes: int = 0,
         cached_bytes: int = 0,
+        direct_inflight: int = 0,
+        staging_bytes: int = DEFAULT_STAGING,
     ) -> None:
         self.spec, self.root, self.readers, self.chunk = spec, Path(root), readers, chunk
+        # past cached_bytes: 0, the readers' pool; N, one stream of N reads (see _fill)
+        self.direct_inflight, self.staging_bytes = direct_inflight, staging_bytes
         self.cached_bytes = cached_bytes  # leading region bytes read through the page cache
         self.hint_bytes = hint_bytes  # see _Hints
         self.first = list(first)  # page-cache reads ahead of the regions (CRIU's images)
@@ -475,49 +481,103 @@ class Loader:
                 if free:
                     return free.pop()
             m = mmap.mmap(-1, self.chunk)
+            with contextlib.suppress(AttributeError, OSError):
+                # huge pages: a 4 MiB O_DIRECT read is then a request or two, not one per
+                # 254 scattered 4 KiB pages (the disk's segment limit)
+                m.madvise(mmap.MADV_HUGEPAGE)
             addr = ctypes.addressof(ctypes.c_char.from_buffer(m))
             with lock:
                 buffers.append((m, addr))
             return addr, False
 
+        def read(job: ReadJob, buf: int, fd: int) -> int:
+            view = (ctypes.c_char * job.length).from_address(buf)
+            got = 0
+            while got < job.length:
+                r = os.preadv(fd, [memoryview(view).cast("B")[got:]], job.offset + got)
+                if r == 0:
+                    break  # end of file: the window's tail past it is not needed
+                got += r
+            need = max(b + n for b, _, _, n in job.segments)
+            if got < need:
+                raise RegionLoadError(f"{job.path} ended at {job.offset + got}, need {need}")
+            return got
+
+        def copy(
+            job: ReadJob, slot: list, got: int, t_start: float, t_read: float, kind: str = "region"
+        ) -> None:
+            """Onto the GPU from ``slot`` ([address, pinned]), once CUDA is up."""
+            ready.wait()
+            if failure:
+                return
+            d, chk = self.d, self.drv._check
+            if not getattr(local, "ready", False):
+                chk("cuCtxSetCurrent", d.cuCtxSetCurrent(self.ctx))
+                local.ready = True
+            buf = slot[0]
+            if not slot[1]:  # DMA straight from this buffer from now on
+                err = d.cuMemHostRegister(buf, self.chunk, 0)[0]
+                slot[1] = err == d.CUresult.CUDA_SUCCESS
+            for b, ri, off, n in job.segments:
+                chk("cuMemcpyHtoD", d.cuMemcpyHtoD(self.ptrs[ri] + off, buf + b, n))
+            with lock:
+                counted[0] += got
+                if self.trace is not None:
+                    self.trace.append((kind, t_start, t_read, time.monotonic(), got))
+
         def run(job: ReadJob, cached: bool = False) -> None:
             t_start = time.monotonic()
             self.throttle.acquire(job.length)
-            buf, pinned = buffer()
-            t_read = 0.0
+            slot = list(buffer())
             try:
-                view = (ctypes.c_char * job.length).from_address(buf)
-                got = 0
                 fd = cached_fds[job.path] if cached and cached_fds else fds[job.path]
-                while got < job.length:
-                    r = os.preadv(fd, [memoryview(view).cast("B")[got:]], job.offset + got)
-                    if r == 0:
-                        break  # end of file: the window's tail past it is not needed
-                    got += r
-                need = max(b + n for b, _, _, n in job.segments)
-                if got < need:
-                    raise RegionLoadError(f"{job.path} ended at {job.offset + got}, need {need}")
-                t_read = time.monotonic()
-                ready.wait()
-                if failure:
-                    return
-                d, chk = self.d, self.drv._check
-                if not getattr(local, "ready", False):
-                    chk("cuCtxSetCurrent", d.cuCtxSetCurrent(self.ctx))
-                    local.ready = True
-                if not pinned:  # DMA straight from this buffer from now on
-                    err = d.cuMemHostRegister(buf, self.chunk, 0)[0]
-                    pinned = err == d.CUresult.CUDA_SUCCESS
-                for b, ri, off, n in job.segments:
-                    chk("cuMemcpyHtoD", d.cuMemcpyHtoD(self.ptrs[ri] + off, buf + b, n))
-                with lock:
-                    counted[0] += got
-                    if self.trace is not None:
-                        self.trace.append(("region", t_start, t_read, time.monotonic(), got))
+                got = read(job, slot[0], fd)
+                copy(job, slot, got, t_start, time.monotonic())
             finally:
                 with lock:
-                    free.append((buf, pinned))
+                    free.append((slot[0], slot[1]))
                 self.throttle.release()
+
+        # The reads past the page-cache part, with --direct-inflight: one sequential O_DIRECT
+        # stream of that many reads in flight, started once the read list's last range has
+        # (the disk then reads one thing at a time), into at most staging_bytes of buffers
+        # that copier threads empty onto the GPU. The reads never wait for CUDA: its context
+        # can come up late, and another process's CUDA restore holds the driver for a while.
+        tracker = _Tracker()
+        gate = threading.Event()  # the read list's ranges have all started
+        staging = threading.Semaphore(max(1, self.staging_bytes // self.chunk))
+
+        def wait_for(event: threading.Event) -> bool:
+            while not event.wait(0.05):
+                if tracker.error is not None:
+                    return False
+            return True
+
+        def run_direct(job: ReadJob) -> None:
+            if not wait_for(gate):
+                return
+            while not staging.acquire(timeout=0.05):
+                if tracker.error is not None:
+                    return
+            t_start = time.monotonic()
+            slot, handed = list(buffer()), False
+            try:
+                got = read(job, slot[0], fds[job.path])
+                tracker.add(copier.submit(copy_back, job, slot, got, t_start, time.monotonic()))
+                handed = True
+            finally:
+                if not handed:
+                    with lock:
+                        free.append((slot[0], slot[1]))
+                    staging.release()
+
+        def copy_back(job: ReadJob, slot: list, got: int, t_start: float, t_read: float) -> None:
+            try:
+                copy(job, slot, got, t_start, t_read, "direct")
+            finally:
+                with lock:
+                    free.append((slot[0], slot[1]))
+                staging.release()
 
         t_first = time.monotonic()
         first_left = [len(self.first)]
@@ -547,6 +607,8 @@ class Loader:
             """One page-cache read of what CRIU or the resumed process reads next."""
             t_start = time.monotonic()
             hints.started(i)
+            if i == len(self.first) - 1:
+                gate.set()
             try:
                 fd = fd_of(r)
                 if fd >= 0:
@@ -585,20 +647,28 @@ class Loader:
         hinter = threading.Thread(target=hints.run, args=(fd_of,), name="hints", daemon=True)
         if self.hint_bytes > 0 and self.first:
             hinter.start()
+        if not self.first:
+            gate.set()
+        sequential = jobs[n_cached:] if self.direct_inflight > 0 else []
+        pooled = jobs[: len(jobs) - len(sequential)]
         try:
-            tracker = _Tracker()
             pool = ThreadPoolExecutor(self.readers, thread_name_prefix="regions")
+            direct_pool = ThreadPoolExecutor(max(1, self.direct_inflight), "regions-direct")
+            copier = ThreadPoolExecutor(COPIERS, thread_name_prefix="regions-copy")
             try:
                 for i, r in enumerate(self.first):  # FIFO: these go first
                     tracker.add(pool.submit(ahead, i, r))
-                for k, j in enumerate(jobs):
+                for k, j in enumerate(pooled):
                     tracker.add(pool.submit(run, j, k < n_cached))
+                for j in sequential:
+                    tracker.add(direct_pool.submit(run_direct, j))
                 # short waits: the main thread must stay free for signals
                 while not tracker.finished.wait(0.05):
                     if self.unleashed_at is None and self.throttle.signalled:
                         self.unleashed_at = time.monotonic() - self.t_fill
             finally:  # a failure leaves the queued reads unrun
-                pool.shutdown(wait=True, cancel_futures=tracker.error is not None)
+                for ex in (pool, direct_pool, copier):
+                    ex.shutdown(wait=True, cancel_futures=tracker.error is not None)
             if tracker.error is not None:
                 raise tracker.error
             ready.wait()
@@ -681,6 +751,7 @@ def serve(
     hint_bytes: int = 0,
     trace: bool = False,
     cached_bytes: int = 0,
+    direct_inflight: int = 0,
 ) -> dict:
     """Listen first (the worker waits on us), load, hand over; returns what happened."""
     name = name or GPU_REGIONS_SOCKET
@@ -688,8 +759,9 @@ def serve(
     listener = listen(control, name, uid)
     stats: dict[str, Any] = {"ok": False}
     loader = Loader(
-        spec, root, device_uuid, readers, chunk, direct, throttle, first, hint_bytes, cached_bytes
-    )
+        spec, root, device_uuid, readers, chunk, direct, throttle, first, hint_bytes, cached_bytes,
+        direct_inflight,
+    )  # fmt: skip
     if trace:
         loader.trace = []
     try:
@@ -783,6 +855,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--cached-mib", type=int, default=0,
         help="read the regions' first MiB through the page cache (the agent asked for them)",
     )  # fmt: skip
+    p.add_argument(
+        "--direct-inflight", type=int, default=0,
+        help="past --cached-mib: one sequential stream of this many O_DIRECT reads in flight, "
+        "behind the --first reads (0: the readers' pool)",
+    )  # fmt: skip
     p.add_argument("--trace", action="store_true", help="every read's times in --stats")
     a = p.parse_args(argv)
     try:
@@ -803,7 +880,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stats = serve(
         spec, a.control, a.root, a.device_uuid, a.readers, not a.buffered, a.uid, a.timeout,
         throttle=throttle, first=first, chunk=a.chunk_mib << 20, hint_bytes=a.hint_mib << 20,
-        trace=a.trace, cached_bytes=a.cached_mib << 20,
+        trace=a.trace, cached_bytes=a.cached_mib << 20, direct_inflight=a.direct_inflight,
     )  # fmt: skip
     stats["started_wall"] = started
     if a.stats:

@@ -52,6 +52,9 @@ RESTORE_CACHED = 32 << 30
 # Page-cache reads the loader asks for ahead of its own readers (agent.gpu_regions._Hints): off,
 # the agent's stream is ahead of them (2.36 s with 64 MiB of hints and a 128 MiB bound).
 RESTORE_HINT = 0
+# Past RESTORE_CACHED: 0, the weights are read by the loader's pool; N, by one sequential stream of
+# N O_DIRECT reads in flight behind the read list (agent.gpu_regions, --direct-inflight).
+RESTORE_DIRECT_INFLIGHT = 0
 
 
 @dataclasses.dataclass
@@ -228,6 +231,7 @@ class GpuRegionsStep(BaseStep):
             "--readers", str(RESTORE_READERS), "--chunk-mib", str(RESTORE_CHUNK >> 20),
             "--gentle", str(RESTORE_READERS_BESIDE_CRIU), "--gentle-until-eof", str(done_r),
             "--hint-mib", str(RESTORE_HINT >> 20), "--cached-mib", str(RESTORE_CACHED >> 20),
+            "--direct-inflight", str(RESTORE_DIRECT_INFLIGHT),
         ]  # fmt: skip
         uuid = _placeholder_gpu(ctx.into)
         if uuid:

@@ -2,9 +2,11 @@
 # Run bench/gpu_restore.py on a GPU machine that has no network (the device kind).
 #
 # That machine has Python with torch, transformers and cuda-bindings, but not CRIU: carry the
-# unpacked CRIU folder made by `make install` as .criu/criu-4.1.1 (its apt/ cache left out) and,
-# where the machine's Python lacks protobuf, a wheel of it in .whl/ (pycriu's messages need it).
+# unpacked CRIU folder made by `make install` as .criu/criu-4.1.1 (its apt/ cache left out) and
+# wheels in .whl/ of what the machine's Python lacks: protobuf (pycriu's messages) and, for the
+# agent's tests, cryptography with cffi and pycparser.
 #   bench/device-run.sh run --explore --restore-modes ordered ...   (arguments: gpu_restore.py's)
+#   bench/device-run.sh pytest tests/gpu ...                         (the GPU tests: pytest's)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${THAW_CACHE:-$HOME/.cache/thaw}
@@ -18,8 +20,8 @@ if [[ ! -f $CACHE/criu-4.1.1/criu.json && -d .criu/criu-4.1.1 ]]; then
 fi
 export THAW_CACHE=$CACHE
 export PYTHONPATH=$CACHE/criu-4.1.1/root/usr/lib/python3/dist-packages${PYTHONPATH:+:$PYTHONPATH}
-if ! python3 -c 'import google.protobuf' 2>/dev/null && compgen -G '.whl/protobuf-*.whl' >/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --target /tmp/thaw-site .whl/protobuf-*.whl
+if compgen -G '.whl/*.whl' >/dev/null; then  # what the machine's Python lacks (protobuf, cryptography)
+    [[ -d /tmp/thaw-site ]] || python3 -m pip install -q --no-index --no-deps --target /tmp/thaw-site .whl/*.whl
     export PYTHONPATH=/tmp/thaw-site:$PYTHONPATH
 fi
 for q in /sys/block/vd*/queue; do
@@ -29,4 +31,8 @@ for q in /sys/block/vd*/queue; do
 done 2>/dev/null || true
 echo "work dir on: $(df -T . | tail -1)"
 export PYTHONUNBUFFERED=1
+if [[ ${1:-} == pytest ]]; then
+    shift
+    exec python3 -m pytest "$@"
+fi
 exec python3 bench/gpu_restore.py "$@"

@@ -505,22 +505,25 @@ class Bench:
             # pages, then the weights (from the page cache onto the GPU)
             from agent import file_pages, gpu_regions, steps, working_set
 
-            # ordered@READERS:CHUNK_MIB[:HINT_MIB[:PRIME[:GENTLE[:IO[:CACHED_MIB[:DEPTH_MIB]]]]]]:
+            # ordered@READERS:CHUNK_MIB[:HINT_MIB[:PRIME[:GENTLE[:IO[:CACHED_MIB[:DEPTH_MIB
+            # [:DIRECT]]]]]]]:
             # the defaults are the agent's; PRIME: what the agent asks the kernel for at the
             # start, "all" (the whole order, worker paths too: the agent now) or MiB, with "h"
             # host paths only (the agent before: 512h); GENTLE: readers in flight until CRIU is
             # done; IO: direct or buffered for the regions; CACHED_MIB: weights asked for after
             # the order and read from the page cache ("all": every byte); DEPTH_MIB: the most
-            # the agent's stream has asked for and not yet read (0: no bound)
+            # the agent's stream has asked for and not yet read (0: no bound); DIRECT: the weights
+            # past CACHED_MIB in one sequential stream of this many O_DIRECT reads (0: the pool)
             knobs = (how.partition("@")[2] or "").split(":")
             (readers, chunk_mib, hint_mib, prime_knob, gentle_readers, io_mode, cached_knob,
-             depth_mib) = [
+             depth_mib, direct_inflight) = [
                 knobs[i] if len(knobs) > i and knobs[i] else str(default)
                 for i, default in enumerate((steps.RESTORE_READERS, steps.RESTORE_CHUNK >> 20,
                                              steps.RESTORE_HINT >> 20, "all",
                                              steps.RESTORE_READERS_BESIDE_CRIU, "direct",
                                              steps.RESTORE_CACHED >> 20,
-                                             steps.RESTORE_DEPTH >> 20))
+                                             steps.RESTORE_DEPTH >> 20,
+                                             steps.RESTORE_DIRECT_INFLIGHT))
             ]  # fmt: skip
             depth = (int(depth_mib) << 20) or None
             # ordered: the working set learned by earlier restores (agent.working_set) when
@@ -550,7 +553,8 @@ class Bench:
             prime = None if "noprime" in how else threading.Thread(target=stream, daemon=True)
             (self.work / "first.json").write_bytes(file_pages.to_json(reads))
             first = ["--first", str(self.work / "first.json"), "--hint-mib", hint_mib,
-                     "--cached-mib", str(cached_bytes >> 20)]  # fmt: skip
+                     "--cached-mib", str(cached_bytes >> 20),
+                     "--direct-inflight", direct_inflight]  # fmt: skip
             marks["list_written_s"] = time.monotonic() - m0
         if how.startswith(("loader", "ordered")):  # the agent's GpuRegionsStep: weights refilled
             # loader: gentle while CRIU runs (the earlier default), loader@R:G: gentle with R
@@ -695,6 +699,11 @@ class Bench:
         for readers in (1, 4, 16):  # what the loader does: the disk without the page cache
             drop_caches()
             seen[f"O_DIRECT 16 MiB, {readers} readers"] = direct_read_gbps(files, readers)
+        for readers, chunk in ((1, 16 << 20), (4, 4 << 20)):  # the loader's buffers: huge pages
+            drop_caches()
+            seen[f"O_DIRECT {chunk >> 20} MiB huge-page buffers, {readers} readers"] = (
+                direct_read_gbps(files, readers, chunk, huge=True)
+            )
         best = max(seen, key=seen.get)
         print(f"read bandwidth GB/s: {seen}", flush=True)
         return {"gbps_by_readers": seen, "best_readers": best, "best_gbps": seen[best]}
@@ -916,8 +925,13 @@ def rescore(r: dict) -> dict:
     return {**r, "read_bandwidth": bw, "storage_floor_s": floor}
 
 
-def direct_read_gbps(files: list[Path], readers: int, chunk: int = 16 << 20) -> float:
-    """Read every file once with O_DIRECT (no page cache), ``readers`` requests in flight."""
+def direct_read_gbps(
+    files: list[Path], readers: int, chunk: int = 16 << 20, huge: bool = False
+) -> float:
+    """Read every file once with O_DIRECT (no page cache), ``readers`` requests in flight.
+
+    ``huge``: buffers on huge pages, as the loader's (fewer, larger disk requests).
+    """
     import mmap
 
     jobs = []
@@ -931,6 +945,8 @@ def direct_read_gbps(files: list[Path], readers: int, chunk: int = 16 << 20) -> 
     def read(job: tuple[Path, int]) -> None:
         if not hasattr(local, "buf"):
             local.buf, local.fds = mmap.mmap(-1, chunk), {}  # page-aligned, as O_DIRECT wants
+            if huge:
+                local.buf.madvise(mmap.MADV_HUGEPAGE)
         path, off = job
         fd = local.fds.get(path)
         if fd is None:

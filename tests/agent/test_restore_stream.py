@@ -8,6 +8,7 @@ between page-cache and O_DIRECT reads covers every planned read once.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 import time
@@ -18,7 +19,7 @@ import pytest
 
 from agent import file_pages
 from agent.file_pages import FileRange
-from agent.gpu_regions import _Tracker, cached_count, cached_ranges, plan_reads
+from agent.gpu_regions import Loader, _Tracker, cached_count, cached_ranges, plan_reads
 from tests.support.page_cache import resident
 from thaw.contract import GpuRegion, GpuRegions, RegionSource, SourceFile
 
@@ -244,3 +245,117 @@ def test_restore_step_streams_the_order_then_the_weights_from_the_workers_root(
         step.abort_restore(RestoreContext(None, snap, pid))  # type: ignore[arg-type]
         os.kill(pid, 9)
         os.waitpid(pid, 0)
+
+
+class _HostDriver:
+    """The few driver calls ``Loader._fill`` makes, copying into host memory.
+
+    CPU coverage of how the fill schedules its reads (tests/gpu runs the same
+    path onto a real GPU): every byte lands once, the sequential O_DIRECT part
+    starts behind the read list and never holds more than its staging bytes
+    while the copies wait, and a failed copy ends the fill instead of hanging it.
+    """
+
+    class CUresult:
+        CUDA_SUCCESS = 0
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        self._d = self
+        self.copies = 0
+        self.fail_at = fail_at
+
+    def _check(self, call: str, result: tuple) -> tuple:
+        if result[0] != 0:
+            raise RuntimeError(f"{call} failed")
+        return result[1:]
+
+    def cuCtxSetCurrent(self, ctx) -> tuple:
+        return (0,)
+
+    def cuCtxSynchronize(self) -> tuple:
+        return (0,)
+
+    def cuMemHostRegister(self, buf: int, n: int, flags: int) -> tuple:
+        return (0,)
+
+    def cuMemHostUnregister(self, buf: int) -> tuple:
+        return (0,)
+
+    def cuMemcpyHtoD(self, dst: int, src: int, n: int) -> tuple:
+        self.copies += 1
+        if self.fail_at is not None and self.copies >= self.fail_at:
+            return (1,)
+        ctypes.memmove(dst, src, n)
+        return (0,)
+
+
+def _fill(tmp_path: Path, driver: _HostDriver, ready: threading.Event, **knobs):
+    """A loader over two weight files and a read list of a third, filled into host memory."""
+    sizes = {"a.safetensors": 9 * MIB + 4096, "b.safetensors": 6 * MIB}
+    files, sources, at = [], [], 0
+    for name, size in sizes.items():
+        (tmp_path / name).write_bytes(os.urandom(size))
+        st = (tmp_path / name).stat()
+        files.append(SourceFile(f"/{name}", size, st.st_mtime_ns))
+        sources.append(RegionSource(f"/{name}", 4096, at, size - 4096))
+        at += size - 4096
+    spec = GpuRegions((GpuRegion("weights", at, tuple(files), tuple(sources)),), 0, "")
+    _cold_file(tmp_path / "pages.img", 8 * MIB)
+    # many small cold reads on two readers: the list takes a while
+    first = [FileRange(str(tmp_path / "pages.img"), k << 17, 1 << 17) for k in range(64)]
+    loader = Loader(spec, tmp_path, readers=2, chunk=MIB, direct=False, first=first, **knobs)
+    loader.trace = []
+    loader.drv, loader.d, loader.ctx = driver, driver, None
+    target = ctypes.create_string_buffer(at)
+    loader.ptrs = [ctypes.addressof(target)]
+    jobs = plan_reads(spec.regions, MIB)
+    n_cached = cached_count(jobs, loader.cached_bytes)
+    fds = {f"/{n}": os.open(tmp_path / n, os.O_RDONLY) for n in sizes}
+    try:
+        loader._fill(jobs, fds, ready, [], dict(fds), n_cached)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    want = b"".join((tmp_path / n).read_bytes()[4096:] for n in sizes)
+    return loader, target.raw, want
+
+
+def test_sequential_direct_part_lands_every_byte_behind_the_read_list(tmp_path: Path) -> None:
+    ready = threading.Event()
+    threading.Timer(0.3, ready.set).start()  # CUDA comes up late
+    staged = 3
+    loader, got, want = _fill(
+        tmp_path, _HostDriver(), ready,
+        cached_bytes=4 * MIB, direct_inflight=2, staging_bytes=staged * MIB,
+    )  # fmt: skip
+    assert got == want
+    reads = loader.trace
+    first = [r for r in reads if r[0] == "first"]
+    cached = [r for r in reads if r[0] == "region"]
+    sequential = [r for r in reads if r[0] == "direct"]  # past the 4 MiB from the page cache
+    assert len(first) == 64 and len(cached) == 4
+    assert len(cached) + len(sequential) == len(plan_reads(loader.spec.regions, MIB))
+    assert min(r[1] for r in sequential) >= max(r[1] for r in first)
+    # before CUDA was up, the O_DIRECT stream read no more than its staging buffers hold
+    up = min(r[3] for r in cached + sequential)  # the first copy: CUDA was ready by then
+    assert 0 < sum(1 for r in sequential if r[2] < up) <= staged
+
+
+@pytest.mark.parametrize("inflight", [0, 2])
+def test_a_failed_copy_ends_the_fill(tmp_path: Path, inflight: int) -> None:
+    ready = threading.Event()
+    ready.set()
+    out: list[BaseException] = []
+
+    def fill() -> None:
+        try:
+            _fill(tmp_path, _HostDriver(fail_at=3), ready, direct_inflight=inflight,
+                  staging_bytes=2 * MIB)  # fmt: skip
+        except BaseException as e:
+            out.append(e)
+
+    th = threading.Thread(target=fill, daemon=True)
+    th.start()
+    th.join(timeout=30)
+    assert not th.is_alive(), "the fill hung after a failed copy"
+    assert out and "cuMemcpyHtoD failed" in str(out[0])

@@ -83,8 +83,12 @@ def _wait(path: Path, proc: subprocess.Popen) -> None:
 
 @pytest.mark.parametrize(
     "extra",
-    [(), ("--chunk-mib", "4", "--cached-mib", "64")],
-    ids=["direct", "first-64MiB-from-page-cache"],
+    [
+        (),
+        ("--chunk-mib", "4", "--cached-mib", "64"),
+        ("--chunk-mib", "4", "--cached-mib", "64", "--direct-inflight", "4"),
+    ],
+    ids=["direct", "first-64MiB-from-page-cache", "then-one-sequential-stream"],
 )
 def test_loader_fills_and_hands_over(tmp_path: Path, extra: tuple[str, ...]) -> None:
     control = tmp_path / "control"
