@@ -348,10 +348,13 @@ class Loader:
         cached_bytes: int = 0,
         direct_inflight: int = 0,
         staging_bytes: int = DEFAULT_STAGING,
+        direct_now: bool = False,
     ) -> None:
         self.spec, self.root, self.readers, self.chunk = spec, Path(root), readers, chunk
-        # past cached_bytes: 0, the readers' pool; N, one stream of N reads (see _fill)
+        # past cached_bytes: 0, the readers' pool; N, one stream of N reads (see _fill), behind
+        # the read list or, direct_now, beside it from the start
         self.direct_inflight, self.staging_bytes = direct_inflight, staging_bytes
+        self.direct_now = direct_now
         self.cached_bytes = cached_bytes  # leading region bytes read through the page cache
         self.hint_bytes = hint_bytes  # see _Hints
         self.first = list(first)  # page-cache reads ahead of the regions (CRIU's images)
@@ -647,7 +650,7 @@ class Loader:
         hinter = threading.Thread(target=hints.run, args=(fd_of,), name="hints", daemon=True)
         if self.hint_bytes > 0 and self.first:
             hinter.start()
-        if not self.first:
+        if not self.first or self.direct_now:
             gate.set()
         sequential = jobs[n_cached:] if self.direct_inflight > 0 else []
         pooled = jobs[: len(jobs) - len(sequential)]
@@ -752,6 +755,7 @@ def serve(
     trace: bool = False,
     cached_bytes: int = 0,
     direct_inflight: int = 0,
+    direct_now: bool = False,
 ) -> dict:
     """Listen first (the worker waits on us), load, hand over; returns what happened."""
     name = name or GPU_REGIONS_SOCKET
@@ -760,7 +764,7 @@ def serve(
     stats: dict[str, Any] = {"ok": False}
     loader = Loader(
         spec, root, device_uuid, readers, chunk, direct, throttle, first, hint_bytes, cached_bytes,
-        direct_inflight,
+        direct_inflight, direct_now=direct_now,
     )  # fmt: skip
     if trace:
         loader.trace = []
@@ -860,6 +864,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="past --cached-mib: one sequential stream of this many O_DIRECT reads in flight, "
         "behind the --first reads (0: the readers' pool)",
     )  # fmt: skip
+    p.add_argument(
+        "--direct-now", action="store_true",
+        help="start the --direct-inflight stream at once, beside the --first reads",
+    )  # fmt: skip
     p.add_argument("--trace", action="store_true", help="every read's times in --stats")
     a = p.parse_args(argv)
     try:
@@ -881,6 +889,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec, a.control, a.root, a.device_uuid, a.readers, not a.buffered, a.uid, a.timeout,
         throttle=throttle, first=first, chunk=a.chunk_mib << 20, hint_bytes=a.hint_mib << 20,
         trace=a.trace, cached_bytes=a.cached_mib << 20, direct_inflight=a.direct_inflight,
+        direct_now=a.direct_now,
     )  # fmt: skip
     stats["started_wall"] = started
     if a.stats:

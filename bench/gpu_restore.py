@@ -513,7 +513,8 @@ class Bench:
             # done; IO: direct or buffered for the regions; CACHED_MIB: weights asked for after
             # the order and read from the page cache ("all": every byte); DEPTH_MIB: the most
             # the agent's stream has asked for and not yet read (0: no bound); DIRECT: the weights
-            # past CACHED_MIB in one sequential stream of this many O_DIRECT reads (0: the pool)
+            # past CACHED_MIB in one sequential stream of this many O_DIRECT reads (0: the pool),
+            # behind the read list, or with "n" (8n) beside it from the start
             knobs = (how.partition("@")[2] or "").split(":")
             (readers, chunk_mib, hint_mib, prime_knob, gentle_readers, io_mode, cached_knob,
              depth_mib, direct_inflight) = [
@@ -554,7 +555,8 @@ class Bench:
             (self.work / "first.json").write_bytes(file_pages.to_json(reads))
             first = ["--first", str(self.work / "first.json"), "--hint-mib", hint_mib,
                      "--cached-mib", str(cached_bytes >> 20),
-                     "--direct-inflight", direct_inflight]  # fmt: skip
+                     "--direct-inflight", direct_inflight.rstrip("n"),
+                     *(["--direct-now"] if direct_inflight.endswith("n") else [])]  # fmt: skip
             marks["list_written_s"] = time.monotonic() - m0
         if how.startswith(("loader", "ordered")):  # the agent's GpuRegionsStep: weights refilled
             # loader: gentle while CRIU runs (the earlier default), loader@R:G: gentle with R
