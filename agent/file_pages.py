@@ -398,6 +398,25 @@ def advise(
     return asked
 
 
+def advise_parts(
+    parts: Sequence[tuple[Sequence[FileRange], int | None]],
+    root: Path | None = None,
+    stop: threading.Event | None = None,
+) -> int:
+    """:func:`advise` over ``parts`` one after another, each ``(ranges, depth)`` with its own bound.
+
+    A restore's stream has two parts: what CRIU and the resumed process read,
+    where a shallow bound keeps their synchronous reads short, then the weights,
+    which only the loader waits for and which a deeper bound reads faster.
+    """
+    asked = 0
+    for ranges, depth in parts:
+        if stop is not None and stop.is_set():
+            break
+        asked += advise(ranges, None, root, depth, stop)
+    return asked
+
+
 def to_json(ranges: Sequence[FileRange]) -> bytes:
     """A read list for ``agent.gpu_regions --first``."""
     rows = [[r.path, r.offset, r.length, r.in_root] for r in ranges]

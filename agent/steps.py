@@ -48,6 +48,8 @@ RESTORE_CHUNK = 4 << 20
 # (bench/results/gpu-restore.md): restores of 2.18 s median with a 64 MiB bound, 2.26 s with
 # 256 MiB, 2.37-2.46 s unbounded, 2.64 s with the agent's former 512 MiB prime.
 RESTORE_DEPTH = 64 << 20
+# The same bound for the weights' part of the stream, which only the loader waits for.
+RESTORE_WEIGHTS_DEPTH = 64 << 20
 RESTORE_CACHED = 32 << 30
 # Page-cache reads the loader asks for ahead of its own readers (agent.gpu_regions._Hints): off,
 # the agent's stream is ahead of them (2.36 s with 64 MiB of hints and a 128 MiB bound).
@@ -248,9 +250,9 @@ class GpuRegionsStep(BaseStep):
             os.close(done_r)
         # After the spawn: measured, a spawn waits behind a prime already under way.
         threading.Thread(
-            target=file_pages.advise,
-            args=(order + cached, None, Path(f"/proc/{ctx.into}/root"), RESTORE_DEPTH),
-            kwargs={"stop": self.stop_reads},
+            target=file_pages.advise_parts,
+            args=([(order, RESTORE_DEPTH), (cached, RESTORE_WEIGHTS_DEPTH)],),
+            kwargs={"root": Path(f"/proc/{ctx.into}/root"), "stop": self.stop_reads},
             name="restore-reads",
             daemon=True,
         ).start()

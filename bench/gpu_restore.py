@@ -523,10 +523,14 @@ class Bench:
                                              steps.RESTORE_HINT >> 20, "all",
                                              steps.RESTORE_READERS_BESIDE_CRIU, "direct",
                                              steps.RESTORE_CACHED >> 20,
-                                             steps.RESTORE_DEPTH >> 20,
+                                             f"{steps.RESTORE_DEPTH >> 20}+"
+                                             f"{steps.RESTORE_WEIGHTS_DEPTH >> 20}",
                                              steps.RESTORE_DIRECT_INFLIGHT))
             ]  # fmt: skip
-            depth = (int(depth_mib) << 20) or None
+            # DEPTH_MIB: one bound, or ORDER+WEIGHTS (64+256): the weights' part its own
+            depth_order, _, depth_weights = depth_mib.partition("+")
+            depth = (int(depth_order) << 20) or None
+            weights_depth = (int(depth_weights or depth_order) << 20) or None
             # ordered: the working set learned by earlier restores (agent.working_set) when
             # there is one; ordered-recorded: all the dump recorded; -nolibs: CRIU's images
             learned = None if how.startswith("ordered-recorded") else working_set.load(image)
@@ -541,14 +545,19 @@ class Bench:
             cached = gpu_regions.cached_ranges(spec, cached_bytes, int(chunk_mib) << 20)
             marks["list_s"] = time.monotonic() - m0
             if prime_knob == "all":  # as the agent: the bench's worker root is the host's
-                prime_args = (reads + cached, None, Path("/"), depth)
+                prime_args = None
             elif prime_knob.endswith("h"):
                 prime_args = (reads, int(prime_knob[:-1]) << 20, None, depth)
             else:
                 prime_args = (reads + cached, int(prime_knob) << 20, Path("/"), depth)
 
             def stream() -> None:  # the agent's stream, started once the loader is spawned
-                asked = file_pages.advise(*prime_args)
+                if prime_args is None:
+                    asked = file_pages.advise_parts(
+                        [(reads, depth), (cached, weights_depth)], Path("/")
+                    )
+                else:
+                    asked = file_pages.advise(*prime_args)
                 marks["stream_asked_s"] = (asked, time.monotonic() - m0)
 
             prime = None if "noprime" in how else threading.Thread(target=stream, daemon=True)
