@@ -48,8 +48,11 @@ RESTORE_CHUNK = 4 << 20
 # (bench/results/gpu-restore.md): restores of 2.18 s median with a 64 MiB bound, 2.26 s with
 # 256 MiB, 2.37-2.46 s unbounded, 2.64 s with the agent's former 512 MiB prime.
 RESTORE_DEPTH = 64 << 20
-# The same bound for the weights' part of the stream, which only the loader waits for.
-RESTORE_WEIGHTS_DEPTH = 64 << 20
+# The bound for the weights' part of the stream, which only the loader waits for: deeper, since
+# the loader's readers stop until its CUDA context is up (0.8-2 s into a restore) and the stream
+# alone then keeps the disk busy. Measured on an H100 node (bench/results/gpu-restore.md,
+# session 7): restores of 2.71-2.97 s with 256 MiB, 3.06-3.36 s with 64 MiB, interleaved.
+RESTORE_WEIGHTS_DEPTH = 256 << 20
 RESTORE_CACHED = 32 << 30
 # Page-cache reads the loader asks for ahead of its own readers (agent.gpu_regions._Hints): off,
 # the agent's stream is ahead of them (2.36 s with 64 MiB of hints and a 128 MiB bound).
