@@ -360,3 +360,16 @@ def test_a_failed_copy_ends_the_fill(tmp_path: Path, inflight: int) -> None:
     th.join(timeout=30)
     assert not th.is_alive(), "the fill hung after a failed copy"
     assert out and "cuMemcpyHtoD failed" in str(out[0])
+
+
+def test_direct_now_reads_beside_the_read_list(tmp_path: Path) -> None:
+    ready = threading.Event()
+    ready.set()
+    loader, got, want = _fill(
+        tmp_path, _HostDriver(), ready, direct_inflight=2, direct_now=True
+    )  # fmt: skip
+    assert got == want
+    first = [r[1] for r in loader.trace if r[0] == "first"]
+    sequential = [r[1] for r in loader.trace if r[0] == "direct"]
+    assert len(sequential) == len(plan_reads(loader.spec.regions, MIB))  # nothing cached
+    assert min(sequential) < max(first)  # not held back behind the list
