@@ -316,6 +316,16 @@ def restore_reads(
     return small + list(files.heads) + list(files.cow) + split(pages, piece) + list(mapped)
 
 
+def open_for_reads(path: str, in_root: bool, root: Path | None) -> int:
+    """A read-only fd of a range's file (-1 if it cannot be opened): a worker path
+    (``in_root``) resolved inside ``root``, symlinks kept inside it, the last never followed."""
+    try:
+        where = resolve_under(root, path) if in_root and root else path
+        return os.open(where, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return -1
+
+
 def advise(
     ranges: Iterable[FileRange],
     budget: int | None = None,
@@ -357,18 +367,13 @@ def advise(
             for k in range(0, n, ADVISE_PIECE)
         ]
 
-    def open_file(key: tuple[str, bool]) -> int:
-        path, in_root = key
-        try:
-            where = resolve_under(root, path) if in_root and root else path
-            return os.open(where, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
-            return -1
-
     asked = pending = 0
     window: collections.deque[tuple[int, int, int]] = collections.deque()  # (fd, offset, n)
     openers = ThreadPoolExecutor(OPENERS, thread_name_prefix="advise-open")
-    fds = {key: openers.submit(open_file, key) for key in dict.fromkeys(k for k, _, _ in todo)}
+    fds = {
+        key: openers.submit(open_for_reads, *key, root)
+        for key in dict.fromkeys(k for k, _, _ in todo)
+    }
     try:
         for key, offset, n in todo:
             if stop is not None and stop.is_set():

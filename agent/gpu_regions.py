@@ -45,7 +45,6 @@ from typing import Any
 
 from agent import file_pages
 from agent.file_pages import OPENERS, FileRange
-from agent.procfs import resolve_under
 from thaw import fdpass
 from thaw.contract import GPU_REGIONS_SOCKET, GpuRegion, GpuRegions, RegionsError
 
@@ -550,18 +549,21 @@ class Loader:
         gate = threading.Event()  # the read list's ranges have all started
         staging = threading.Semaphore(max(1, self.staging_bytes // self.chunk))
 
-        def wait_for(event: threading.Event) -> bool:
-            while not event.wait(0.05):
+        def until(ready_now) -> bool:
+            """Poll ``ready_now(timeout)`` until it holds; False once another task failed."""
+            while not ready_now(0.05):
                 if tracker.error is not None:
                     return False
             return True
 
+        def unstage(slot: list) -> None:
+            with lock:
+                free.append((slot[0], slot[1]))
+            staging.release()
+
         def run_direct(job: ReadJob) -> None:
-            if not wait_for(gate):
+            if not until(gate.wait) or not until(lambda t: staging.acquire(timeout=t)):
                 return
-            while not staging.acquire(timeout=0.05):
-                if tracker.error is not None:
-                    return
             t_start = time.monotonic()
             slot, handed = list(buffer()), False
             try:
@@ -570,17 +572,13 @@ class Loader:
                 handed = True
             finally:
                 if not handed:
-                    with lock:
-                        free.append((slot[0], slot[1]))
-                    staging.release()
+                    unstage(slot)
 
         def copy_back(job: ReadJob, slot: list, got: int, t_start: float, t_read: float) -> None:
             try:
                 copy(job, slot, got, t_start, t_read, "direct")
             finally:
-                with lock:
-                    free.append((slot[0], slot[1]))
-                staging.release()
+                unstage(slot)
 
         t_first = time.monotonic()
         first_left = [len(self.first)]
@@ -592,11 +590,7 @@ class Loader:
             with lock:
                 fd = cached.get(key)
             if fd is None:  # opened outside the lock: a cold lookup must not stall the rest
-                try:
-                    where = resolve_under(self.root, r.path) if r.in_root else r.path
-                    fd = os.open(where, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                except OSError:
-                    fd = -1
+                fd = file_pages.open_for_reads(r.path, r.in_root, self.root)
                 with lock:
                     if key in cached:  # another reader won the race
                         if fd >= 0:
