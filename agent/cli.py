@@ -9,6 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
+from agent.loader_standby import DEFAULT_MODE, MODES
 from thaw.contract import (
     ENV_RETENTION_MAX_AGE_HOURS,
     ENV_RETENTION_MAX_PER_KEY,
@@ -92,6 +93,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="SECONDS",
         help="sample each restored worker this long after its restore to learn the file pages "
         "later restores read ahead (0: never)",
+    )
+    p.add_argument(
+        "--loader-standby",
+        choices=MODES,
+        default=DEFAULT_MODE,
+        help="keep a GPU region loader waiting with the CUDA driver up, so a restore's loader "
+        "starts at once; 'contexts' also keeps each GPU's context up (holds GPU memory)",
     )
     _add_signing_key(p)
     _add_public_key(p, " (default: the signing key's public half)")
@@ -316,4 +324,10 @@ def cmd_agent_run(args: argparse.Namespace) -> int:
         )
     except CriuMissing as e:
         return _fail(str(e))
-    return run_forever(agent)
+    from agent import loader_standby
+
+    loader_standby.enable(args.loader_standby)
+    try:
+        return run_forever(agent)
+    finally:
+        loader_standby.disable()

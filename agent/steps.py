@@ -16,7 +16,6 @@ import dataclasses
 import logging
 import os
 import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Protocol
@@ -207,7 +206,8 @@ class GpuRegionsStep(BaseStep):
             return
         import tempfile
 
-        from agent import file_pages, gpu_regions, working_set
+        from agent import file_pages, gpu_regions, loader_standby, working_set
+        from agent.loader_standby import FD_TOKEN
         from agent.pods import control_via_proc
 
         # One stream, one order: what CRIU reads, the pages the resumed worker faults in
@@ -229,22 +229,20 @@ class GpuRegionsStep(BaseStep):
             f.write(file_pages.to_json(order))
         self.reads = Path(reads)
         done_r, self.criu_running = os.pipe()
-        argv = [
-            sys.executable, "-m", "agent.gpu_regions", "--spec", str(spec),
+        args = [
+            "--spec", str(spec),
             "--control", str(control_via_proc(ctx.into)), "--root", f"/proc/{ctx.into}/root",
             "--uid", str(os.stat(f"/proc/{ctx.into}").st_uid), "--first", reads,
             "--readers", str(RESTORE_READERS), "--chunk-mib", str(RESTORE_CHUNK >> 20),
-            "--gentle", str(RESTORE_READERS_BESIDE_CRIU), "--gentle-until-eof", str(done_r),
+            "--gentle", str(RESTORE_READERS_BESIDE_CRIU), "--gentle-until-eof", FD_TOKEN % 0,
             "--hint-mib", str(RESTORE_HINT >> 20), "--cached-mib", str(RESTORE_CACHED >> 20),
             "--direct-inflight", str(RESTORE_DIRECT_INFLIGHT),
         ]  # fmt: skip
         uuid = _placeholder_gpu(ctx.into)
         if uuid:
-            argv += ["--device-uuid", uuid]
-        try:
-            self.loader = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, start_new_session=True, pass_fds=(done_r,)
-            )
+            args += ["--device-uuid", uuid]
+        try:  # the agent's standby loader when one is up (driver already initialised)
+            self.loader = loader_standby.spawn(args, [done_r], loader_standby.shared())
         except OSError:
             self.reads.unlink(missing_ok=True)
             self._criu_done()

@@ -51,6 +51,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from agent import loader_standby  # noqa: E402
 from agent.gpu_regions import DEFAULT_GENTLE  # noqa: E402
 from sidecar import hooks  # noqa: E402
 from thaw.contract import (  # noqa: E402
@@ -284,6 +285,7 @@ class Bench:
         self.criu = criu.find()
         self.criu_version = criu.version(self.criu)
         self.agent: subprocess.Popen | None = None
+        self.standby: loader_standby.LoaderStandby | None = None
 
     def running_agent(self) -> None:
         """A process standing in for the node agent, up for the whole run.
@@ -450,6 +452,7 @@ class Bench:
         from sidecar.prefetch import prefetch
         from thaw.contract import GpuInfo
 
+        marks: dict = {}  # seconds from the start: when the restore's own steps got there
         for d in (control, results):  # a fresh pod: nothing left from the source
             shutil.rmtree(d, ignore_errors=True)
             d.mkdir()
@@ -459,6 +462,17 @@ class Bench:
         external = [Path(p) for p in json.loads((image / "external.json").read_text())]
         pidfile = image / "restored.pid"
         pidfile.unlink(missing_ok=True)
+        # LOADER, the 10th ordered knob: the agent's --loader-standby (off: a loader process
+        # spawned per restore; on: one waiting with the driver up; contexts: and its context)
+        knob = (how.partition("@")[2].split(":") + [""] * 10)[9] or loader_standby.DEFAULT_MODE
+        self.close_standby()  # one a failed restore left
+        standby = None
+        if how.startswith("ordered") and knob != "off":
+            # started before the caches are dropped: a running agent's standby is long up
+            standby = loader_standby.LoaderStandby(["all"] if knob == "contexts" else [])
+            self.standby = standby
+            standby.start()
+            marks["standby"] = standby.wait_ready()
         drop_caches()
         if "criuwarm" in how:  # CRIU's own files kept in memory by the agent
             prefetch(criu_files(self.criu), readers=4)
@@ -471,7 +485,6 @@ class Bench:
         m0 = time.monotonic()
         timeline = DiskTimeline()
         working: dict = {}
-        marks: dict = {}  # seconds from the start: when the restore's own steps got there
         prime = None
         pre = None
         fetcher = None
@@ -514,7 +527,7 @@ class Bench:
             # the order and read from the page cache ("all": every byte); DEPTH_MIB: the most
             # the agent's stream has asked for and not yet read (0: no bound); DIRECT: the weights
             # past CACHED_MIB in one sequential stream of this many O_DIRECT reads (0: the pool),
-            # behind the read list, or with "n" (8n) beside it from the start
+            # behind the read list, or with "n" (8n) beside it from the start; LOADER: above
             knobs = (how.partition("@")[2] or "").split(":")
             (readers, chunk_mib, hint_mib, prime_knob, gentle_readers, io_mode, cached_knob,
              depth_mib, direct_inflight) = [
@@ -575,15 +588,15 @@ class Bench:
             )
             loader_stats.unlink(missing_ok=True)
             done_r, criu_running = os.pipe()  # as the agent does: closed when CRIU is done
-            loader = subprocess.Popen(
-                [sys.executable, "-m", "agent.gpu_regions", "--spec", str(image / GPU_REGIONS_FILE),
+            loader = loader_standby.spawn(
+                ["--spec", str(image / GPU_REGIONS_FILE),
                  "--control", str(control), "--stats", str(loader_stats),
                  *(["--readers", readers, "--chunk-mib", chunk_mib] if first else
                    ["--readers", str(self.args.readers)]),
                  *(["--gentle", gentle] if gentle else []), *first, "--trace",
-                 "--gentle-until-eof", str(done_r),
+                 "--gentle-until-eof", loader_standby.FD_TOKEN % 0,
                  *(["--buffered"] if how == "loader-buffered" or io_mode == "buffered" else [])],
-                cwd=str(REPO), stdin=subprocess.DEVNULL, pass_fds=(done_r,),
+                [done_r], standby,
             )  # fmt: skip
             os.close(done_r)
         if how.startswith("loader-pf"):  # + the restore init step's prefetch of CRIU's images
@@ -642,6 +655,9 @@ class Bench:
         loaded = {}
         if loader is not None:
             loader.wait(timeout=120)
+            if standby is not None:
+                marks["standby_served"] = standby.served
+                self.close_standby()
             loaded = json.loads(loader_stats.read_text()) if loader_stats.exists() else {}
             if "started_wall" in loaded:  # the loader's clock starts when its Python does
                 loaded["started_after_s"] = loaded.pop("started_wall") - t0
@@ -696,6 +712,11 @@ class Bench:
         )
         kill(pid)
         return res
+
+    def close_standby(self) -> None:
+        if self.standby is not None:
+            self.standby.close()
+            self.standby = None
 
     def read_bandwidth(self, image: Path) -> dict:
         from sidecar.prefetch import prefetch
@@ -1433,7 +1454,10 @@ def main() -> None:
         write_outputs(args.out, rescore(json.loads(args.json.read_text())))
     else:
         bench = Bench(args)
-        results = bench.run()
+        try:
+            results = bench.run()
+        finally:
+            bench.close_standby()
         results["device"] = device_name()
         results["model"] = (
             "Qwen2-shaped causal LM, tiny smoke config" if args.small

@@ -19,6 +19,7 @@ import pytest
 
 from agent.gpu_regions import ALIGN, check_files, listen, plan_reads
 from tests.support.page_cache import resident
+from tests.support.placeholder import chrooted
 from thaw import fdpass
 from thaw.contract import (
     GpuRegion,
@@ -248,17 +249,7 @@ def test_dump_step_takes_the_regions_description_into_the_snapshot(tmp_path: Pat
     spec = _spec({model: 8192}, [RegionSource(str(model), 0, 0, 8192)], 2 << 20)
     if os.geteuid() != 0:
         pytest.skip("chroot needs root")
-    pid = os.fork()
-    if pid == 0:  # child: chroot and wait to be killed
-        try:
-            os.chroot(root)
-            time.sleep(60)
-        finally:
-            os._exit(0)
-    try:
-        deadline = time.monotonic() + 5
-        while os.readlink(f"/proc/{pid}/root") != str(root) and time.monotonic() < deadline:
-            time.sleep(0.01)
+    with chrooted(root) as pid:
         staging = tmp_path / "staging"
         staging.mkdir()
         ctx = DumpContext(host_pid=pid, ns_pid=pid, staging=staging)
@@ -271,9 +262,6 @@ def test_dump_step_takes_the_regions_description_into_the_snapshot(tmp_path: Pat
         (control / GPU_REGIONS_FILE).write_text("{broken")
         with pytest.raises(RegionsError):
             GpuRegionsStep().before_dump(ctx)  # the checkpoint fails, with the reason
-    finally:
-        os.kill(pid, 9)
-        os.waitpid(pid, 0)
 
 
 def test_hints_run_at_most_their_depth_ahead_of_the_readers(tmp_path: Path) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from agent import file_pages
 from agent.file_pages import FileRange
 from agent.gpu_regions import Loader, _Tracker, cached_count, cached_ranges, plan_reads
 from tests.support.page_cache import resident
+from tests.support.placeholder import chrooted
 from thaw.contract import GpuRegion, GpuRegions, RegionSource, SourceFile
 
 MIB = 1 << 20
@@ -175,7 +175,6 @@ def test_restore_step_streams_the_order_then_the_weights_from_the_workers_root(
 ) -> None:
     """The agent's restore step: one stream (CRIU's images, then the weights under the
     placeholder's root, bounded) beside a loader told to take those weights from the page cache."""
-    from agent import steps
     from agent.steps import GpuRegionsStep, RestoreContext
     from thaw.contract import CONTROL_DIR, CRIU_IMAGES_DIR, GPU_REGIONS_FILE
 
@@ -215,37 +214,34 @@ def test_restore_step_streams_the_order_then_the_weights_from_the_workers_root(
         return asked
 
     monkeypatch.setattr(file_pages, "advise", spy)
-    pid = os.fork()
-    if pid == 0:  # the placeholder: chrooted, waits to be killed
-        try:
-            os.chroot(root)
-            time.sleep(60)
-        finally:
-            os._exit(0)
     step = GpuRegionsStep()
-    try:
-        deadline = time.monotonic() + 5
-        while os.readlink(f"/proc/{pid}/root") != str(root) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        step.before_restore(RestoreContext(None, snap, pid))  # type: ignore[arg-type]
-        assert done.wait(30)
-        (ranges, budget, where, depth, asked), (tail, _, where2, depth2, asked2) = calls
-        assert where == where2 == Path(f"/proc/{pid}/root") and budget is None
-        # CRIU's images first, in the restore's order, under their bound; then the weights
-        assert depth == steps.RESTORE_DEPTH and depth2 == steps.RESTORE_WEIGHTS_DEPTH
-        order = file_pages.restore_reads(snap)
-        assert ranges == order and asked == sum(r.length for r in order)
-        assert [(r.path, r.in_root) for r in tail] == [("/models/w.safetensors", True)] * 3
-        assert [r.offset for r in tail] == [0, 4 * MIB, 8 * MIB]  # the loader's 4 MiB reads
-        assert sum(r.length for r in tail) == 9 * MIB
-        # resolved inside the placeholder's root: the weights exist nowhere else
-        assert asked2 == 9 * MIB
-        argv = step.loader.args
-        assert argv[argv.index("--cached-mib") + 1] == str(steps.RESTORE_CACHED >> 20)
-    finally:
-        step.abort_restore(RestoreContext(None, snap, pid))  # type: ignore[arg-type]
-        os.kill(pid, 9)
-        os.waitpid(pid, 0)
+    with chrooted(root) as pid:
+        try:
+            _step_streams(step, snap, pid, calls, done)
+        finally:
+            step.abort_restore(RestoreContext(None, snap, pid))  # type: ignore[arg-type]
+
+
+def _step_streams(step, snap: Path, pid: int, calls: list, done: threading.Event) -> None:
+    """Restore into the placeholder ``pid``: what the stream was asked, what the loader was told."""
+    from agent import steps
+    from agent.steps import RestoreContext
+
+    step.before_restore(RestoreContext(None, snap, pid))  # type: ignore[arg-type]
+    assert done.wait(30)
+    (ranges, budget, where, depth, asked), (tail, _, where2, depth2, asked2) = calls
+    assert where == where2 == Path(f"/proc/{pid}/root") and budget is None
+    # CRIU's images first, in the restore's order, under their bound; then the weights
+    assert depth == steps.RESTORE_DEPTH and depth2 == steps.RESTORE_WEIGHTS_DEPTH
+    order = file_pages.restore_reads(snap)
+    assert ranges == order and asked == sum(r.length for r in order)
+    assert [(r.path, r.in_root) for r in tail] == [("/models/w.safetensors", True)] * 3
+    assert [r.offset for r in tail] == [0, 4 * MIB, 8 * MIB]  # the loader's 4 MiB reads
+    assert sum(r.length for r in tail) == 9 * MIB
+    # resolved inside the placeholder's root: the weights exist nowhere else
+    assert asked2 == 9 * MIB
+    argv = step.loader.args
+    assert argv[argv.index("--cached-mib") + 1] == str(steps.RESTORE_CACHED >> 20)
 
 
 class _HostDriver:

@@ -298,6 +298,7 @@ def test_agent_settings_use_contract_names():
     assert env[contract.ENV_SIGNING_KEY_FILE] == "/etc/thaw/signing/signing.key"
     assert f"--store={contract.STORE_MOUNT_PATH}" in container["args"]
     assert "--learn-after=30" in container["args"]
+    assert "--loader-standby=on" in container["args"]
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     assert mounts["store"] == contract.STORE_MOUNT_PATH
     default = _pod_specs(render())["DaemonSet"]["containers"][0]

@@ -87,9 +87,14 @@ def _wait(path: Path, proc: subprocess.Popen) -> None:
         (),
         ("--chunk-mib", "4", "--cached-mib", "64"),
         ("--chunk-mib", "4", "--cached-mib", "64", "--direct-inflight", "4"),
+        ("standby:on",),
+        ("standby:contexts", "--chunk-mib", "4", "--cached-mib", "64"),
     ],
-    ids=["direct", "first-64MiB-from-page-cache", "then-one-sequential-stream"],
-)
+    ids=[
+        "direct", "first-64MiB-from-page-cache", "then-one-sequential-stream",
+        "agents-standby", "agents-standby-with-its-context",
+    ],
+)  # fmt: skip
 def test_loader_fills_and_hands_over(tmp_path: Path, extra: tuple[str, ...]) -> None:
     control = tmp_path / "control"
     control.mkdir()
@@ -101,7 +106,26 @@ def test_loader_fills_and_hands_over(tmp_path: Path, extra: tuple[str, ...]) -> 
     _wait(control / "released", worker)
     spec = GpuRegions.from_json((control / GPU_REGIONS_FILE).read_text())
     assert spec.regions[0].source_bytes == (4096 * 8192 * 2 + 8192 + 4096) * 4
-    loader = _loader(control / GPU_REGIONS_FILE, control, *extra)
+    if extra and extra[0].startswith("standby:"):  # the agent's waiting loader, driver up
+        from agent import loader_standby
+
+        standby = loader_standby.LoaderStandby(["all"] if extra[0].endswith("contexts") else [])
+        standby.start()
+        try:
+            report = standby.wait_ready()
+            assert report["cuda"] == "initialised", report
+            assert len(report.get("contexts", [])) == (1 if extra[0].endswith("contexts") else 0)
+            spec_file = control / GPU_REGIONS_FILE
+            loader = loader_standby.spawn(
+                ["--spec", str(spec_file), "--control", str(control),
+                 "--stats", str(tmp_path / "stats.json"), "--timeout", "60", *extra[1:]],
+                [], standby,
+            )  # fmt: skip
+            assert standby.served == 1
+        finally:
+            standby.close()
+    else:
+        loader = _loader(control / GPU_REGIONS_FILE, control, *extra)
     _wait(control / "adopted", worker)
     assert loader.wait(timeout=60) == 0, loader.communicate()
     stats = json.loads((tmp_path / "stats.json").read_text())
