@@ -30,3 +30,7 @@ def test_demo_checkpoints_and_restores_the_same_state():
     )
     assert table["restored state == source state"] == "yes"
     assert float(table["snapshot size"].split()[0]) > 32
+    # times are seconds of this run, each under the test's own timeout
+    for row in ("cold start (to warm)", "checkpoint (agent)", "restore (to first answer"):
+        (value,) = [v for k, v in table.items() if k.startswith(row)]
+        assert 0 < float(value.removesuffix(" s")) < 300, (row, value)
