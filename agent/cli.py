@@ -9,7 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
-from agent.loader_standby import DEFAULT_MODE, MODES
+from agent import loader_standby
 from thaw.contract import (
     ENV_RETENTION_MAX_AGE_HOURS,
     ENV_RETENTION_MAX_PER_KEY,
@@ -96,8 +96,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--loader-standby",
-        choices=MODES,
-        default=DEFAULT_MODE,
+        choices=loader_standby.MODES,
+        default=loader_standby.DEFAULT_MODE,
         help="keep a GPU region loader waiting with the CUDA driver up, so a restore's loader "
         "starts at once; 'contexts' also keeps each GPU's context up (holds GPU memory)",
     )
@@ -324,8 +324,6 @@ def cmd_agent_run(args: argparse.Namespace) -> int:
         )
     except CriuMissing as e:
         return _fail(str(e))
-    from agent import loader_standby
-
     loader_standby.enable(args.loader_standby)
     try:
         return run_forever(agent)

@@ -46,23 +46,27 @@ FD_TOKEN = "{fd%d}"  # argv placeholder for the i-th passed descriptor
 
 def _argv(args: Sequence[str], fds: Sequence[int]) -> list[str]:
     """``args`` with each ``{fdI}`` replaced by the number of ``fds[I]``."""
-    out = list(args)
-    for i, fd in enumerate(fds):
-        out = [str(fd) if a == FD_TOKEN % i else a for a in out]
-    return out
+    numbers = {FD_TOKEN % i: str(fd) for i, fd in enumerate(fds)}
+    return [numbers.get(a, a) for a in args]
 
 
 class LoaderStandby:
     """One waiting loader process; ``spawn`` hands it a restore's arguments."""
 
-    def __init__(self, contexts: Sequence[str] = (), python: str = sys.executable) -> None:
+    def __init__(self, contexts: Sequence[str] = ()) -> None:
         self.contexts = list(contexts)  # GPU UUIDs whose context waits up, or ["all"]
-        self.python = python
         self._lock = threading.Lock()
         self._proc: subprocess.Popen | None = None
         self._channel: socket.socket | None = None
         self._closed = False
         self.served = 0  # requests handed to a standby (not to a fresh process)
+
+    @classmethod
+    def for_mode(cls, mode: str) -> LoaderStandby:
+        """The standby of an agent mode other than "off": "on", or "contexts" (every GPU's)."""
+        if mode not in MODES or mode == "off":
+            raise ValueError(f"loader standby mode {mode!r} is not one of {', '.join(MODES)}")
+        return cls(["all"] if mode == "contexts" else [])
 
     @property
     def pid(self) -> int | None:
@@ -76,7 +80,7 @@ class LoaderStandby:
             if self._closed or (self._proc is not None and self._proc.poll() is None):
                 return
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            argv = [self.python, "-m", "agent.loader_standby", "--channel", str(theirs.fileno())]
+            argv = [sys.executable, "-m", "agent.loader_standby", "--channel", str(theirs.fileno())]
             if self.contexts:
                 argv += ["--contexts", ",".join(self.contexts)]
             try:
@@ -182,7 +186,7 @@ def enable(mode: str = DEFAULT_MODE) -> LoaderStandby | None:
     if mode not in MODES:
         raise ValueError(f"loader standby mode {mode!r} is not one of {', '.join(MODES)}")
     if _shared is None and mode != "off":
-        _shared = LoaderStandby(["all"] if mode == "contexts" else [])
+        _shared = LoaderStandby.for_mode(mode)
         _shared.start()
     return _shared
 
@@ -199,7 +203,7 @@ def _warm(contexts: Sequence[str]) -> dict:
     """Import the loader and bring the driver (and any asked-for contexts) up."""
     import agent.gpu_regions  # noqa: F401  (its imports, paid now)
     import sidecar.kv_cache  # noqa: F401  (the allocations' helpers)
-    from agent.cuda_checkpoint import CudaDriver, format_uuid
+    from agent.cuda_checkpoint import CudaDriver
 
     try:
         drv = CudaDriver.get()
@@ -210,14 +214,11 @@ def _warm(contexts: Sequence[str]) -> dict:
     d, chk = drv._d, drv._check
     warmed = []
     try:
-        (count,) = chk("cuDeviceGetCount", d.cuDeviceGetCount())
-        for i in range(count):
-            (dev,) = chk("cuDeviceGet", d.cuDeviceGet(i))
-            (uuid,) = chk("cuDeviceGetUuid", d.cuDeviceGetUuid(dev))
-            name = format_uuid(bytes(uuid.bytes))
-            if "all" in contexts or name in contexts:
+        for ordinal, gpu in enumerate(drv.gpus()):  # in CUDA ordinal order
+            if "all" in contexts or gpu.uuid in contexts:
+                (dev,) = chk("cuDeviceGet", d.cuDeviceGet(ordinal))
                 chk("cuDevicePrimaryCtxRetain", d.cuDevicePrimaryCtxRetain(dev))
-                warmed.append(name)
+                warmed.append(gpu.uuid)
     except Exception as e:
         return {"ready": True, "cuda": f"contexts: {e}", "contexts": warmed}
     return {"ready": True, "cuda": "initialised", "contexts": warmed}

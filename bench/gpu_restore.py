@@ -469,7 +469,7 @@ class Bench:
         standby = None
         if how.startswith("ordered") and knob != "off":
             # started before the caches are dropped: a running agent's standby is long up
-            standby = loader_standby.LoaderStandby(["all"] if knob == "contexts" else [])
+            standby = loader_standby.LoaderStandby.for_mode(knob)
             self.standby = standby
             standby.start()
             marks["standby"] = standby.wait_ready()

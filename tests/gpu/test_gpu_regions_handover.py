@@ -109,7 +109,7 @@ def test_loader_fills_and_hands_over(tmp_path: Path, extra: tuple[str, ...]) -> 
     if extra and extra[0].startswith("standby:"):  # the agent's waiting loader, driver up
         from agent import loader_standby
 
-        standby = loader_standby.LoaderStandby(["all"] if extra[0].endswith("contexts") else [])
+        standby = loader_standby.LoaderStandby.for_mode(extra[0].removeprefix("standby:"))
         standby.start()
         try:
             report = standby.wait_ready()
