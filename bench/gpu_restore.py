@@ -35,6 +35,7 @@ import ctypes
 import dataclasses
 import gc
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -957,6 +958,64 @@ def rescore(r: dict) -> dict:
     return {**r, "read_bandwidth": bw, "storage_floor_s": floor}
 
 
+RAMP_MB = 200  # the restore's first reads: CRIU's small images, file heads, cold opens
+DONE_SHARE = 0.995  # the disk is done when this share is read (a few MB trickle in later)
+
+
+def restore_gaps(restore: dict, floor_bytes: int, peak_gbps: float) -> dict:
+    """Where one restore's time over the storage floor went (seconds), from its disk timeline.
+
+    ``ramp``: reading the first ``RAMP_MB`` took longer than at the floor's rate
+    (small, latency-bound reads); ``below_peak``: the rest of the reads ran under
+    that rate; ``extra``: bytes read beyond the floor's (heads, working set,
+    CRIU's own); ``tail``: from the disk's last read to the first token. With
+    ``floor`` they add up to ``restore_s``. Bytes count up to the first token.
+    """
+    rate = peak_gbps * 1e3  # MB/s
+    points = [(0.0, 0.0), *map(tuple, restore["disk_timeline"])]
+    end = restore["restore_s"]
+
+    def pairs():  # consecutive timeline points
+        return itertools.pairwise(points)
+
+    def reached(mb: float) -> float:  # when the timeline got to ``mb``, interpolated
+        for (t0, m0), (t1, m1) in pairs():
+            if m1 >= mb:
+                return t0 + (t1 - t0) * (mb - m0) / max(m1 - m0, 1e-9)
+        return points[-1][0]
+
+    # what was read by the first token (the timeline goes on sampling after it)
+    total = next(
+        (m0 + (m1 - m0) * (end - t0) / max(t1 - t0, 1e-9) for (t0, m0), (t1, m1) in pairs()
+         if t1 >= end), points[-1][1],
+    )  # fmt: skip
+    floor = floor_bytes / 1e6 / rate
+    ramp = reached(min(RAMP_MB, total)) - min(RAMP_MB, total) / rate
+    done = reached(total * DONE_SHARE)
+    extra = (total - floor_bytes / 1e6) / rate
+    tail = restore["restore_s"] - done
+    below = restore["restore_s"] - floor - ramp - extra - tail
+    return {"floor": floor, "ramp": ramp, "below_peak": below, "extra": extra, "tail": tail}
+
+
+def gaps_report(r: dict) -> str:
+    """:func:`restore_gaps` of every timed restore in a results file (full run or explore)."""
+    restores = r.get("restores") or r.get("explore_restores") or []
+    sizes = r if "artifact_bytes" in r else r["checkpoint"]
+    floor_bytes = sizes["artifact_bytes"] + sizes["external_bytes"]
+    peak = floor_bandwidth(r["read_bandwidth"], restores)["best_gbps"]
+    floor_s = floor_bytes / peak / 1e9
+    rows = [f"floor {floor_bytes / 1e9:.2f} GB at {peak:.2f} GB/s = {floor_s:.2f} s",
+            "| restore | s | floor | ramp | below peak | extra bytes | tail |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for x in restores:
+        if x.get("disk_timeline") and x.get("weights", "release") == "release":
+            g = restore_gaps(x, floor_bytes, peak)
+            cells = " | ".join(f"{v:.2f}" for v in g.values())
+            rows.append(f"| {x['how']} | {x['restore_s']:.2f} | {cells} |")
+    return "\n".join(rows)
+
+
 def direct_read_gbps(
     files: list[Path], readers: int, chunk: int = 16 << 20, huge: bool = False
 ) -> float:
@@ -1415,6 +1474,8 @@ def main() -> None:
     rs = sub.add_parser("rescore", help="rewrite a results JSON's floor and table")
     rs.add_argument("--json", required=True, type=Path)
     rs.add_argument("--out", required=True, type=Path)
+    g = sub.add_parser("gaps", help="where each restore's time over the floor went")
+    g.add_argument("--json", required=True, type=Path)
     r = sub.add_parser("run")
     r.add_argument("--out", default=str(REPO / "bench" / "results"))
     r.add_argument("--work", default=str(REPO / ".bench-work"))
@@ -1452,6 +1513,8 @@ def main() -> None:
         prep(args)
     elif args.cmd == "rescore":
         write_outputs(args.out, rescore(json.loads(args.json.read_text())))
+    elif args.cmd == "gaps":
+        print(gaps_report(json.loads(args.json.read_text())))
     else:
         bench = Bench(args)
         try:

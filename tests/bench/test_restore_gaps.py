@@ -1,0 +1,58 @@
+"""The benchmark's account of where a restore's time over the storage floor goes."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "gpu_restore.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("gpu_restore_bench", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+def restore(first_token_s: float) -> dict:
+    """1000 MB read: 200 MB at 1 GB/s, then 800 MB at 2 GB/s; 1 MB trickles in after."""
+    timeline = [[0.1, 100.0], [0.2, 200.0], [0.4, 600.0], [0.6, 1000.0], [0.7, 1000.0]]
+    timeline.append([0.9, 1001.0])
+    return {"how": "ordered", "weights": "release", "restore_s": first_token_s,
+            "disk_timeline": timeline}  # fmt: skip
+
+
+def test_the_parts_add_up_to_the_restore(bench) -> None:
+    gaps = bench.restore_gaps(restore(0.65), floor_bytes=900_000_000, peak_gbps=2.0)
+    assert gaps["floor"] == pytest.approx(0.45)
+    assert gaps["ramp"] == pytest.approx(0.1)  # 200 MB in 0.2 s, 0.1 s at the floor's rate
+    assert gaps["extra"] == pytest.approx(0.05)  # 100 MB beyond the floor's bytes
+    assert gaps["tail"] == pytest.approx(0.65 - (0.6 - 5 / 2000))  # last 0.5% at 2 GB/s
+    assert sum(gaps.values()) == pytest.approx(0.65)
+    assert abs(gaps["below_peak"]) < 0.01  # after the ramp the disk ran at the floor's rate
+
+
+def test_a_slower_disk_shows_as_below_peak(bench) -> None:
+    gaps = bench.restore_gaps(restore(0.65), floor_bytes=900_000_000, peak_gbps=4.0)
+    # from 200 MB to the disk's end it took 0.4 s less the last 0.5%, 0.2 s at 4 GB/s
+    assert gaps["below_peak"] == pytest.approx((0.6 - 5 / 2000 - 0.2) - 800 / 4000)
+    assert sum(gaps.values()) == pytest.approx(0.65)
+
+
+def test_report_reads_a_results_file(bench) -> None:
+    sizes = {"artifact_bytes": 400_000_000, "external_bytes": 500_000_000}
+    disk = {"best_gbps": 2.0}
+    full = {**sizes, "read_bandwidth": disk, "restores": [restore(0.65)]}
+    report = bench.gaps_report(full)
+    assert "floor 0.90 GB at 2.00 GB/s = 0.45 s" in report
+    assert "| ordered | 0.65 | 0.45 | 0.10 |" in report
+    explore = {"checkpoint": sizes, "read_bandwidth": disk, "explore_restores": [restore(0.7)]}
+    assert "| ordered | 0.70 | 0.45 | 0.10 |" in bench.gaps_report(explore)
