@@ -185,6 +185,12 @@ class CudaDriver:
             )
         return tuple(out)
 
+    def retain_primary_context(self, ordinal: int) -> Any:
+        """Retain (bring up, if it is not) the primary context of GPU ``ordinal``; its handle."""
+        (dev,) = self._check("cuDeviceGet", self._d.cuDeviceGet(ordinal))
+        (ctx,) = self._check("cuDevicePrimaryCtxRetain", self._d.cuDevicePrimaryCtxRetain(dev))
+        return ctx
+
     def _uuid_struct(self, text: str) -> Any:
         raw = parse_uuid(text)
         u = self._d.CUuuid()

@@ -87,13 +87,8 @@ class GpuStateFiles:
             )  # fmt: skip
         self.readers, self.chunk = readers, chunk
         (count,) = driver._check("cuDeviceGetCount", self._d.cuDeviceGetCount())
-        self._ctx = []
-        for i in range(count):  # custom storage needs every device's primary context retained
-            (dev,) = driver._check("cuDeviceGet", self._d.cuDeviceGet(i))
-            (ctx,) = driver._check(
-                "cuDevicePrimaryCtxRetain", self._d.cuDevicePrimaryCtxRetain(dev)
-            )
-            self._ctx.append(ctx)
+        # custom storage needs every device's primary context retained
+        self._ctx = [driver.retain_primary_context(i) for i in range(count)]
         driver._check("cuCtxSetCurrent", self._d.cuCtxSetCurrent(self._ctx[0]))
         self._staging = _Staging(driver, readers, chunk)
 

@@ -44,6 +44,12 @@ DEFAULT_MODE = "on"
 FD_TOKEN = "{fd%d}"  # argv placeholder for the i-th passed descriptor
 
 
+def _checked(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"loader standby mode {mode!r} is not one of {', '.join(MODES)}")
+    return mode
+
+
 def _argv(args: Sequence[str], fds: Sequence[int]) -> list[str]:
     """``args`` with each ``{fdI}`` replaced by the number of ``fds[I]``."""
     numbers = {FD_TOKEN % i: str(fd) for i, fd in enumerate(fds)}
@@ -64,8 +70,8 @@ class LoaderStandby:
     @classmethod
     def for_mode(cls, mode: str) -> LoaderStandby:
         """The standby of an agent mode other than "off": "on", or "contexts" (every GPU's)."""
-        if mode not in MODES or mode == "off":
-            raise ValueError(f"loader standby mode {mode!r} is not one of {', '.join(MODES)}")
+        if _checked(mode) == "off":
+            raise ValueError('loader standby mode "off" has no standby')
         return cls(["all"] if mode == "contexts" else [])
 
     @property
@@ -183,9 +189,7 @@ def shared() -> LoaderStandby | None:
 def enable(mode: str = DEFAULT_MODE) -> LoaderStandby | None:
     """Start the agent's standby for ``mode`` (one of MODES; "off": none)."""
     global _shared
-    if mode not in MODES:
-        raise ValueError(f"loader standby mode {mode!r} is not one of {', '.join(MODES)}")
-    if _shared is None and mode != "off":
+    if _checked(mode) != "off" and _shared is None:
         _shared = LoaderStandby.for_mode(mode)
         _shared.start()
     return _shared
@@ -211,13 +215,11 @@ def _warm(contexts: Sequence[str]) -> dict:
         return {"ready": True, "cuda": str(e)}
     if not contexts:
         return {"ready": True, "cuda": "initialised"}
-    d, chk = drv._d, drv._check
     warmed = []
     try:
         for ordinal, gpu in enumerate(drv.gpus()):  # in CUDA ordinal order
             if "all" in contexts or gpu.uuid in contexts:
-                (dev,) = chk("cuDeviceGet", d.cuDeviceGet(ordinal))
-                chk("cuDevicePrimaryCtxRetain", d.cuDevicePrimaryCtxRetain(dev))
+                drv.retain_primary_context(ordinal)
                 warmed.append(gpu.uuid)
     except Exception as e:
         return {"ready": True, "cuda": f"contexts: {e}", "contexts": warmed}

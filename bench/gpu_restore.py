@@ -975,26 +975,23 @@ def restore_gaps(restore: dict, floor_bytes: int, peak_gbps: float) -> dict:
     points = [(0.0, 0.0), *map(tuple, restore["disk_timeline"])]
     end = restore["restore_s"]
 
-    def pairs():  # consecutive timeline points
-        return itertools.pairwise(points)
-
     def reached(mb: float) -> float:  # when the timeline got to ``mb``, interpolated
-        for (t0, m0), (t1, m1) in pairs():
+        for (t0, m0), (t1, m1) in itertools.pairwise(points):
             if m1 >= mb:
                 return t0 + (t1 - t0) * (mb - m0) / max(m1 - m0, 1e-9)
         return points[-1][0]
 
     # what was read by the first token (the timeline goes on sampling after it)
     total = next(
-        (m0 + (m1 - m0) * (end - t0) / max(t1 - t0, 1e-9) for (t0, m0), (t1, m1) in pairs()
-         if t1 >= end), points[-1][1],
+        (m0 + (m1 - m0) * (end - t0) / max(t1 - t0, 1e-9)
+         for (t0, m0), (t1, m1) in itertools.pairwise(points) if t1 >= end), points[-1][1],
     )  # fmt: skip
     floor = floor_bytes / 1e6 / rate
     ramp = reached(min(RAMP_MB, total)) - min(RAMP_MB, total) / rate
     done = reached(total * DONE_SHARE)
     extra = (total - floor_bytes / 1e6) / rate
-    tail = restore["restore_s"] - done
-    below = restore["restore_s"] - floor - ramp - extra - tail
+    tail = end - done
+    below = end - floor - ramp - extra - tail
     return {"floor": floor, "ramp": ramp, "below_peak": below, "extra": extra, "tail": tail}
 
 
