@@ -46,6 +46,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -729,9 +730,12 @@ class Bench:
         for readers in (1, 8, 16, 32):
             drop_caches()
             seen[f"page cache, {readers} readers"] = prefetch(files, readers=readers).gbps
+        ramps = {}  # the disk's own ramp: its first RAMP_MB on a plain sequential read
         for readers in (1, 4, 16):  # what the loader does: the disk without the page cache
             drop_caches()
-            seen[f"O_DIRECT 16 MiB, {readers} readers"] = direct_read_gbps(files, readers)
+            key, marks = f"O_DIRECT 16 MiB, {readers} readers", []
+            seen[key] = direct_read_gbps(files, readers, marks=marks)
+            ramps[key] = reached([(0.0, 0.0), *marks], RAMP_MB)
         for readers, chunk in ((1, 16 << 20), (4, 4 << 20)):  # the loader's buffers: huge pages
             drop_caches()
             seen[f"O_DIRECT {chunk >> 20} MiB huge-page buffers, {readers} readers"] = (
@@ -739,7 +743,8 @@ class Bench:
             )
         best = max(seen, key=seen.get)
         print(f"read bandwidth GB/s: {seen}", flush=True)
-        return {"gbps_by_readers": seen, "best_readers": best, "best_gbps": seen[best]}
+        return {"gbps_by_readers": seen, "best_readers": best, "best_gbps": seen[best],
+                "first_ramp_mb_s_by_readers": ramps}  # fmt: skip
 
     def explore(self, proc, cold: dict) -> None:
         """Checkpoint the running engine once, then restore it once per mode (pick parameters)."""
@@ -962,6 +967,14 @@ RAMP_MB = 200  # the restore's first reads: CRIU's small images, file heads, col
 DONE_SHARE = 0.995  # the disk is done when this share is read (a few MB trickle in later)
 
 
+def reached(points: Sequence[tuple[float, float]], mb: float) -> float:
+    """When a (seconds, MB read) timeline got to ``mb``, interpolated (its end if never)."""
+    for (t0, m0), (t1, m1) in itertools.pairwise(points):
+        if m1 >= mb:
+            return t0 + (t1 - t0) * (mb - m0) / max(m1 - m0, 1e-9)
+    return points[-1][0]
+
+
 def restore_gaps(restore: dict, floor_bytes: int, peak_gbps: float) -> dict:
     """Where one restore's time over the storage floor went (seconds), from its disk timeline.
 
@@ -974,21 +987,14 @@ def restore_gaps(restore: dict, floor_bytes: int, peak_gbps: float) -> dict:
     rate = peak_gbps * 1e3  # MB/s
     points = [(0.0, 0.0), *map(tuple, restore["disk_timeline"])]
     end = restore["restore_s"]
-
-    def reached(mb: float) -> float:  # when the timeline got to ``mb``, interpolated
-        for (t0, m0), (t1, m1) in itertools.pairwise(points):
-            if m1 >= mb:
-                return t0 + (t1 - t0) * (mb - m0) / max(m1 - m0, 1e-9)
-        return points[-1][0]
-
     # what was read by the first token (the timeline goes on sampling after it)
     total = next(
         (m0 + (m1 - m0) * (end - t0) / max(t1 - t0, 1e-9)
          for (t0, m0), (t1, m1) in itertools.pairwise(points) if t1 >= end), points[-1][1],
     )  # fmt: skip
     floor = floor_bytes / 1e6 / rate
-    ramp = reached(min(RAMP_MB, total)) - min(RAMP_MB, total) / rate
-    done = reached(total * DONE_SHARE)
+    ramp = reached(points, min(RAMP_MB, total)) - min(RAMP_MB, total) / rate
+    done = reached(points, total * DONE_SHARE)
     extra = (total - floor_bytes / 1e6) / rate
     tail = end - done
     below = end - floor - ramp - extra - tail
@@ -1005,6 +1011,9 @@ def gaps_report(r: dict) -> str:
     rows = [f"floor {floor_bytes / 1e9:.2f} GB at {peak:.2f} GB/s = {floor_s:.2f} s",
             "| restore | s | floor | ramp | below peak | extra bytes | tail |",
             "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for setting, first_s in r["read_bandwidth"].get("first_ramp_mb_s_by_readers", {}).items():
+        over = first_s - RAMP_MB / 1e3 / peak  # a plain read's own ramp, beside the restores'
+        rows.insert(1, f"{setting}: first {RAMP_MB} MB in {first_s:.2f} s ({over:.2f} s ramp)")
     for x in restores:
         if x.get("disk_timeline") and x.get("weights", "release") == "release":
             g = restore_gaps(x, floor_bytes, peak)
@@ -1014,11 +1023,16 @@ def gaps_report(r: dict) -> str:
 
 
 def direct_read_gbps(
-    files: list[Path], readers: int, chunk: int = 16 << 20, huge: bool = False
+    files: list[Path],
+    readers: int,
+    chunk: int = 16 << 20,
+    huge: bool = False,
+    marks: list[tuple[float, float]] | None = None,
 ) -> float:
     """Read every file once with O_DIRECT (no page cache), ``readers`` requests in flight.
 
     ``huge``: buffers on huge pages, as the loader's (fewer, larger disk requests).
+    ``marks`` gets (seconds, MB read so far) as each read completes.
     """
     import mmap
 
@@ -1042,6 +1056,8 @@ def direct_read_gbps(
         n = os.preadv(fd, [local.buf], off)
         with lock:
             total[0] += n
+            if marks is not None:
+                marks.append((time.monotonic() - t0, total[0] / 1e6))
 
     t0 = time.monotonic()
     opened: list[dict] = []

@@ -56,3 +56,25 @@ def test_report_reads_a_results_file(bench) -> None:
     assert "| ordered | 0.65 | 0.45 | 0.10 |" in report
     explore = {"checkpoint": sizes, "read_bandwidth": disk, "explore_restores": [restore(0.7)]}
     assert "| ordered | 0.70 | 0.45 | 0.10 |" in bench.gaps_report(explore)
+
+
+def test_the_floor_reader_marks_its_progress(bench, tmp_path: Path) -> None:
+    """The floor's O_DIRECT read records when each MB arrived: the disk's own ramp."""
+    data = tmp_path / "weights.bin"
+    data.write_bytes(b"\x5a" * (48 << 20))
+    marks: list[tuple[float, float]] = []
+    gbps = bench.direct_read_gbps([data], readers=1, chunk=4 << 20, marks=marks)
+    assert gbps > 0
+    assert [round(mb) for _, mb in marks] == [round(k * 4 * 1.048576) for k in range(1, 13)]
+    assert [t for t, _ in marks] == sorted(t for t, _ in marks)
+    first = bench.reached([(0.0, 0.0), *marks], 20.0)
+    assert 0 < first <= marks[4][0]  # 20 MB arrived with the 5th 4 MiB read
+
+
+def test_the_report_shows_a_plain_read_ramp(bench) -> None:
+    disk = {"best_gbps": 2.0, "gbps_by_readers": {"O_DIRECT 16 MiB, 1 readers": 2.0},
+            "best_readers": "O_DIRECT 16 MiB, 1 readers",
+            "first_ramp_mb_s_by_readers": {"O_DIRECT 16 MiB, 1 readers": 0.25}}  # fmt: skip
+    sizes = {"artifact_bytes": 300_000_000, "external_bytes": 600_000_000}
+    report = bench.gaps_report({**sizes, "read_bandwidth": disk, "restores": [restore(0.65)]})
+    assert "O_DIRECT 16 MiB, 1 readers: first 200 MB in 0.25 s (0.15 s ramp)" in report
