@@ -975,6 +975,14 @@ def reached(points: Sequence[tuple[float, float]], mb: float) -> float:
     return points[-1][0]
 
 
+def read_by(points: Sequence[tuple[float, float]], t: float) -> float:
+    """MB a (seconds, MB read) timeline had read at ``t``, interpolated (all if past its end)."""
+    for (t0, m0), (t1, m1) in itertools.pairwise(points):
+        if t1 >= t:
+            return m0 + (m1 - m0) * (t - t0) / max(t1 - t0, 1e-9)
+    return points[-1][1]
+
+
 def restore_gaps(restore: dict, floor_bytes: int, peak_gbps: float) -> dict:
     """Where one restore's time over the storage floor went (seconds), from its disk timeline.
 
@@ -987,11 +995,7 @@ def restore_gaps(restore: dict, floor_bytes: int, peak_gbps: float) -> dict:
     rate = peak_gbps * 1e3  # MB/s
     points = [(0.0, 0.0), *map(tuple, restore["disk_timeline"])]
     end = restore["restore_s"]
-    # what was read by the first token (the timeline goes on sampling after it)
-    total = next(
-        (m0 + (m1 - m0) * (end - t0) / max(t1 - t0, 1e-9)
-         for (t0, m0), (t1, m1) in itertools.pairwise(points) if t1 >= end), points[-1][1],
-    )  # fmt: skip
+    total = read_by(points, end)  # the timeline goes on sampling after the first token
     floor = floor_bytes / 1e6 / rate
     ramp = reached(points, min(RAMP_MB, total)) - min(RAMP_MB, total) / rate
     done = reached(points, total * DONE_SHARE)
@@ -1008,12 +1012,12 @@ def gaps_report(r: dict) -> str:
     floor_bytes = sizes["artifact_bytes"] + sizes["external_bytes"]
     peak = floor_bandwidth(r["read_bandwidth"], restores)["best_gbps"]
     floor_s = floor_bytes / peak / 1e9
-    rows = [f"floor {floor_bytes / 1e9:.2f} GB at {peak:.2f} GB/s = {floor_s:.2f} s",
-            "| restore | s | floor | ramp | below peak | extra bytes | tail |",
-            "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    rows = [f"floor {floor_bytes / 1e9:.2f} GB at {peak:.2f} GB/s = {floor_s:.2f} s"]
     for setting, first_s in r["read_bandwidth"].get("first_ramp_mb_s_by_readers", {}).items():
         over = first_s - RAMP_MB / 1e3 / peak  # a plain read's own ramp, beside the restores'
-        rows.insert(1, f"{setting}: first {RAMP_MB} MB in {first_s:.2f} s ({over:.2f} s ramp)")
+        rows.append(f"{setting}: first {RAMP_MB} MB in {first_s:.2f} s ({over:.2f} s ramp)")
+    rows += ["| restore | s | floor | ramp | below peak | extra bytes | tail |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for x in restores:
         if x.get("disk_timeline") and x.get("weights", "release") == "release":
             g = restore_gaps(x, floor_bytes, peak)
