@@ -451,6 +451,7 @@ class Loader:
                 # exactly the asked-for pages: readahead past them would read bytes that
                 # the O_DIRECT reads then fetch from the disk a second time
                 os.posix_fadvise(cached_fds[path], 0, 0, os.POSIX_FADV_RANDOM)
+            self.timings["files_opened_at_s"] = time.monotonic() - t0
             self._fill(jobs, fds, ready, failure, cached_fds, n_cached)
             self.timings["read_copy_s"] = time.monotonic() - t0
         except OSError as e:

@@ -485,7 +485,7 @@ class Bench:
         io = [disk_reads()]
         t0 = time.time()
         m0 = time.monotonic()
-        timeline = DiskTimeline()
+        timeline = DiskTimeline(step=0.01)  # 10 ms: the first 0.2 s's ramp shows
         working: dict = {}
         prime = None
         pre = None
@@ -964,6 +964,7 @@ def rescore(r: dict) -> dict:
 
 
 RAMP_MB = 200  # the restore's first reads: CRIU's small images, file heads, cold opens
+HEAD_S, HEAD_READS = 0.25, 400  # the restore's first moments, kept read by read
 DONE_SHARE = 0.995  # the disk is done when this share is read (a few MB trickle in later)
 
 
@@ -1144,6 +1145,7 @@ class TaskSampler:
         self.root, self.step, self.t0 = root, step, time.monotonic()
         self.hist: dict[tuple[str, str, str], int] = {}
         self.timeline: dict[int, list[int]] = {}  # 50 ms bucket -> [samples, R, D]
+        self.head: list[list] = []  # the first HEAD_S: [seconds, state:wait channel per task]
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -1169,6 +1171,8 @@ class TaskSampler:
         while not self.done.wait(self.step):
             bucket = self.timeline.setdefault(int((time.monotonic() - self.t0) / 0.05), [0, 0, 0])
             bucket[0] += 1
+            now = round(time.monotonic() - self.t0, 3)
+            states: list[str] = []
             for pid, tid in self._tasks():
                 line = _read(f"/proc/{pid}/task/{tid}/stat")
                 if not line:
@@ -1178,8 +1182,11 @@ class TaskSampler:
                 wchan = "-" if state == "R" else _read(f"/proc/{pid}/task/{tid}/wchan") or "?"
                 key = (comm, state, wchan)
                 self.hist[key] = self.hist.get(key, 0) + 1
+                states.append(f"{state}:{wchan}")
                 bucket[1] += state == "R"
                 bucket[2] += state == "D"
+            if now < HEAD_S:
+                self.head.append([now, *states])
 
     def stop(self) -> dict:
         self.done.set()
@@ -1189,6 +1196,7 @@ class TaskSampler:
             "step_s": self.step,
             # task-seconds per (command, state, wait channel)
             "top": [[c, st, w, round(n * self.step, 3)] for (c, st, w), n in top],
+            "head": self.head,
             # per 50 ms: average number of tasks running, in uninterruptible (disk) wait
             "timeline": [
                 [round(b * 0.05, 2), round(r / n, 2), round(d / n, 2)]
@@ -1273,6 +1281,10 @@ def summarise_trace(trace: list) -> dict:
                 busy[b] = busy.get(b, 0.0) + overlap / 0.05
     return {
         "reads": len(trace),
+        # every read begun in the first HEAD_S: [kind, started, read done, MB], who waits first
+        "head": [[k, a, b, round(n / 1e6, 2)] for k, a, b, _, n in trace if a < HEAD_S][
+            :HEAD_READS
+        ],
         # [seconds into the fill, MB of the first list done, MB of regions done, readers busy]
         "per_50ms": [
             [
