@@ -44,6 +44,7 @@ bench: install
 	$(BIN)/python bench/webhook_latency.py
 	$(BIN)/python bench/webhook_load.py
 	$(BIN)/python bench/agent_restore.py
+	$(BIN)/python bench/read_list.py --cold
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -47,6 +47,7 @@ from agent import file_pages
 from agent.file_pages import OPENERS, FileRange
 from thaw import fdpass
 from thaw.contract import GPU_REGIONS_SOCKET, GpuRegion, GpuRegions, RegionsError
+from thaw.scratch import scratch
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ DEFAULT_READERS = 16
 DEFAULT_GENTLE = "2:0.8"
 DEFAULT_STAGING = 512 << 20  # read-ahead of the GPU copies for --direct-inflight
 COPIERS = 2  # threads copying staged reads onto the GPU
+BATCH_RANGES, BATCH_SMALL = 8, 256 << 10  # see batches()
 ACCEPT_TIMEOUT_S = 300.0
 
 
@@ -287,6 +289,25 @@ def _set_io_class(idle: bool) -> None:
         _io_class.idle = idle
 
 
+def batches(ranges: Sequence[FileRange]) -> list[list[tuple[int, FileRange]]]:
+    """The read list in order, as tasks for the readers: up to ``BATCH_RANGES`` small ranges each.
+
+    A restore's list holds thousands of ranges of a few KiB; one pool task per
+    range spent more time in the pool's own Python (under the GIL the readers
+    share) than in the reads. A range of ``BATCH_SMALL`` or more ends its batch.
+    """
+    out: list[list[tuple[int, FileRange]]] = []
+    cur: list[tuple[int, FileRange]] = []
+    for i, r in enumerate(ranges):
+        cur.append((i, r))
+        if r.length >= BATCH_SMALL or len(cur) >= BATCH_RANGES:
+            out.append(cur)
+            cur = []
+    if cur:
+        out.append(cur)
+    return out
+
+
 class _Hints:
     """Asks the kernel for the page-cache reads up to ``depth`` bytes ahead of the readers.
 
@@ -425,6 +446,8 @@ class Loader:
 
         def bring_up() -> None:
             try:
+                if not self.spec.regions:  # a read list alone: nothing goes to a GPU
+                    return
                 t = time.monotonic()
                 self._cuda()
                 self.timings["cuda_init_s"] = time.monotonic() - t
@@ -615,7 +638,7 @@ class Loader:
                     with contextlib.suppress(OSError):
                         os.posix_fadvise(fd, r.offset, r.length, os.POSIX_FADV_WILLNEED)
                     if not hasattr(local, "scratch"):
-                        local.scratch = bytearray(self.chunk)
+                        local.scratch = scratch(self.chunk)
                     pos, end = r.offset, r.offset + r.length
                     while pos < end:
                         n = os.preadv(
@@ -634,6 +657,10 @@ class Loader:
                     first_left[0] -= 1
                     if first_left[0] == 0:
                         self.timings["first_done_at_s"] = time.monotonic() - t_first
+
+        def ahead_all(batch: list[tuple[int, FileRange]]) -> None:
+            for i, r in batch:
+                ahead(i, r)
 
         # Open every file of the list at once: each cold open waits on the disk for
         # directories and inodes, one after another on a reader; many in parallel keep the
@@ -654,8 +681,8 @@ class Loader:
             direct_pool = ThreadPoolExecutor(max(1, self.direct_inflight), "regions-direct")
             copier = ThreadPoolExecutor(COPIERS, thread_name_prefix="regions-copy")
             try:
-                for i, r in enumerate(self.first):  # FIFO: these go first
-                    tracker.add(pool.submit(ahead, i, r))
+                for batch in batches(self.first):  # FIFO: these go first
+                    tracker.add(pool.submit(ahead_all, batch))
                 for k, j in enumerate(pooled):
                     tracker.add(pool.submit(run, j, k < n_cached))
                 for j in sequential:
@@ -670,7 +697,7 @@ class Loader:
             if tracker.error is not None:
                 raise tracker.error
             ready.wait()
-            if not failure:  # this thread too (export and close run here)
+            if not failure and self.spec.regions:  # this thread too (export and close run here)
                 self.drv._check("cuCtxSetCurrent", self.d.cuCtxSetCurrent(self.ctx))
                 self.drv._check("cuCtxSynchronize", self.d.cuCtxSynchronize())
         finally:
@@ -690,6 +717,8 @@ class Loader:
         self.bytes_read = counted[0]
 
     def export(self) -> list[int]:
+        if not self.handles:
+            return []
         kind = self.d.CUmemAllocationHandleType.CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR
         return [
             int(self.drv._check("cuMemExportToShareableHandle",

@@ -28,6 +28,7 @@ from agent.restore import restore
 from agent.store import Store, verify
 from thaw import sample_worker
 from thaw.contract import CRIU_IMAGES_DIR, Signal
+from thaw.scratch import scratch
 
 MB = 1 << 20
 
@@ -48,7 +49,7 @@ def read_bandwidth(path: Path, streams: int = 1) -> float:
     piece = -(-size // streams)
 
     def read(start: int) -> int:
-        buf = bytearray(8 * MB)
+        buf = scratch(8 * MB)
         view, total = memoryview(buf), 0
         fd = os.open(path, os.O_RDONLY)
         try:

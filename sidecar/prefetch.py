@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from thaw.scratch import scratch
+
 DEFAULT_READERS = 8
 DEFAULT_CHUNK = 8 << 20
 
@@ -54,7 +56,7 @@ def prefetch(
         def read(job: tuple[int, int, int]) -> int:
             buf = getattr(local, "buf", None)
             if buf is None:
-                buf = local.buf = bytearray(chunk)
+                buf = local.buf = scratch(chunk)
             i, off, length = job
             view = memoryview(buf)[:length]
             done = 0

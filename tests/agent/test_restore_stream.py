@@ -18,7 +18,16 @@ import pytest
 
 from agent import file_pages
 from agent.file_pages import FileRange
-from agent.gpu_regions import Loader, _Tracker, cached_count, cached_ranges, plan_reads
+from agent.gpu_regions import (
+    BATCH_RANGES,
+    BATCH_SMALL,
+    Loader,
+    _Tracker,
+    batches,
+    cached_count,
+    cached_ranges,
+    plan_reads,
+)
 from tests.support.page_cache import resident
 from tests.support.placeholder import chrooted
 from thaw.contract import GpuRegion, GpuRegions, RegionSource, SourceFile
@@ -369,3 +378,37 @@ def test_direct_now_reads_beside_the_read_list(tmp_path: Path) -> None:
     sequential = [r[1] for r in loader.trace if r[0] == "direct"]
     assert len(sequential) == len(plan_reads(loader.spec.regions, MIB))  # nothing cached
     assert min(sequential) < max(first)  # not held back behind the list
+
+
+def test_a_read_list_alone_loads_without_a_gpu(tmp_path: Path) -> None:
+    """No regions: the loader reads its list into the page cache and never starts CUDA."""
+    for name in ("core.img", "libx.so", "pages.img"):
+        _cold_file(tmp_path / name, 3 * MIB)
+    first = [
+        FileRange(str(tmp_path / name), k * 40960, 8192)
+        for k in range(24)
+        for name in ("core.img", "libx.so")
+    ] + [FileRange(str(tmp_path / "pages.img"), 0, 3 * MIB)]
+    loader = Loader(GpuRegions((), 0, ""), tmp_path, readers=4, chunk=MIB, first=first)
+    loader.trace = []
+    loader.load()
+    assert loader.first_bytes == sum(r.length for r in first)
+    assert len([r for r in loader.trace if r[0] == "first"]) == len(first)
+    assert "cuda_init_s" not in loader.timings and loader.export() == []
+    fd = os.open(tmp_path / "pages.img", os.O_RDONLY)
+    try:
+        assert all(resident(fd, 3 * MIB))
+    finally:
+        os.close(fd)
+
+
+def test_the_read_list_goes_to_the_readers_in_order_in_small_batches() -> None:
+    sizes = [4096] * 20 + [BATCH_SMALL] + [8192] * 3 + [64 << 20] + [4096] * 2
+    ranges = [FileRange(f"/f{k % 5}", k * 4096, n) for k, n in enumerate(sizes)]
+    got = batches(ranges)
+    assert [i for b in got for i, _ in b] == list(range(len(ranges)))  # each once, in order
+    assert all(r is ranges[i] for b in got for i, r in b)
+    assert max(len(b) for b in got) == BATCH_RANGES
+    # a large range ends its batch: a reader does not hold small ones behind it
+    assert all(r.length < BATCH_SMALL for b in got for _, r in b[:-1])
+    assert [len(b) for b in got] == [8, 8, 5, 4, 2]
