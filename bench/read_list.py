@@ -24,7 +24,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from agent.file_pages import FileRange
@@ -60,9 +59,7 @@ def run_once(first: list[FileRange], readers: int, cold: bool) -> dict:
         Path("/proc/sys/vm/drop_caches").write_text("3\n")
     loader = Loader(GpuRegions((), 0, ""), Path("/"), readers=readers, first=first)
     loader.trace = []
-    t = time.monotonic()
     loader.load()
-    wall = time.monotonic() - t
     z = loader.t_fill
     reads = [(a - z, b - z) for kind, a, b, _, _ in loader.trace if kind == "first"]
     done = max(b for _, b in reads)
@@ -70,7 +67,6 @@ def run_once(first: list[FileRange], readers: int, cold: bool) -> dict:
     timeline = [busy(reads, s) for s in steps]
     return {
         "list_s": loader.timings["first_done_at_s"],
-        "wall_s": wall,
         "first_read_at_s": min(a for a, _ in reads),
         "mean_busy": sum(b - a for a, b in reads) / done,
         "max_busy": max(timeline),
