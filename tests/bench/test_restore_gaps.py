@@ -78,3 +78,22 @@ def test_the_report_shows_a_plain_read_ramp(bench) -> None:
     sizes = {"artifact_bytes": 300_000_000, "external_bytes": 600_000_000}
     report = bench.gaps_report({**sizes, "read_bandwidth": disk, "restores": [restore(0.65)]})
     assert "O_DIRECT 16 MiB, 1 readers: first 200 MB in 0.25 s (0.15 s ramp)" in report
+
+
+def test_the_report_shows_the_restore_start(bench) -> None:
+    """Readers at the disk, reads done and their slowest tenth, from the loader's first reads."""
+    took = [0.03 if i % 10 == 9 else 0.001 for i in range(20)]  # every tenth read slow
+    head = [["first", 0.01 * i, 0.01 * i + took[i], 0.1] for i in range(20)]
+    trace = {"head": head, "per_50ms": [[0.0, 1.0, 0.0, 3.5], [0.05, 2.0, 0.0, 12.5]]}
+    start = bench.restore_start({**restore(0.65), "loader": {"trace": trace}})
+    assert start is not None
+    assert start["busy"] == 12.5
+    assert start["reads"] == 9  # the reads begun at 0.00-0.08 s; the one begun at 0.09 s is slow
+    assert start["slow_ms"] == pytest.approx(30)  # the slowest of the ten begun before 0.1 s
+    assert (start["disk_01"], start["disk_02"]) == (pytest.approx(100.0), pytest.approx(200.0))
+    assert bench.restore_start(restore(0.65)) is None  # no loader trace: nothing to show
+    sizes = {"artifact_bytes": 300_000_000, "external_bytes": 600_000_000}
+    traced = {**sizes, "read_bandwidth": {"best_gbps": 2.0},
+              "restores": [{**restore(0.65), "loader": {"trace": trace}}]}  # fmt: skip
+    report = bench.gaps_report(traced)
+    assert "| ordered | 0.65 | 12.5 | 9 | 30 | 100 | 200 |" in report
