@@ -984,6 +984,11 @@ def read_by(points: Sequence[tuple[float, float]], t: float) -> float:
     return points[-1][1]
 
 
+def disk_points(restore: dict) -> list[tuple[float, float]]:
+    """A restore's disk timeline as (seconds, MB read) points from its start."""
+    return [(0.0, 0.0), *map(tuple, restore["disk_timeline"])]
+
+
 def restore_gaps(restore: dict, floor_bytes: int, peak_gbps: float) -> dict:
     """Where one restore's time over the storage floor went (seconds), from its disk timeline.
 
@@ -994,7 +999,7 @@ def restore_gaps(restore: dict, floor_bytes: int, peak_gbps: float) -> dict:
     ``floor`` they add up to ``restore_s``. Bytes count up to the first token.
     """
     rate = peak_gbps * 1e3  # MB/s
-    points = [(0.0, 0.0), *map(tuple, restore["disk_timeline"])]
+    points = disk_points(restore)
     end = restore["restore_s"]
     total = read_by(points, end)  # the timeline goes on sampling after the first token
     floor = floor_bytes / 1e6 / rate
@@ -1019,7 +1024,7 @@ def restore_start(restore: dict) -> dict | None:
         return None
     busy = next((row[3] for row in per_50ms if row[0] == 0.05), 0.0)
     took = sorted(done - start for _, start, done, _ in head if start < 0.1)
-    points = [(0.0, 0.0), *map(tuple, restore["disk_timeline"])]
+    points = disk_points(restore)
     return {
         "busy": busy,
         "reads": sum(1 for _, _, done, _ in head if done < 0.1),
