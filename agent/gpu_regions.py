@@ -606,6 +606,7 @@ class Loader:
 
         t_first = time.monotonic()
         first_left = [len(self.first)]
+        first_unstarted = [len(self.first)]  # a batch's ranges start one after another
         cached: dict[tuple[str, bool], int] = {}
         hints = _Hints(self.first, self.hint_bytes)
 
@@ -628,8 +629,10 @@ class Loader:
             """One page-cache read of what CRIU or the resumed process reads next."""
             t_start = time.monotonic()
             hints.started(i)
-            if i == len(self.first) - 1:
-                gate.set()
+            with lock:
+                first_unstarted[0] -= 1
+                if first_unstarted[0] == 0:
+                    gate.set()
             try:
                 fd = fd_of(r)
                 if fd >= 0:
