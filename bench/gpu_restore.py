@@ -869,8 +869,8 @@ class Bench:
         r["restore_samples_s"] = [x["restore_s"] for x in samples]
         r["restore_first_s"] = best["restore_s"]
         ck = checkpoints[best["weights"]]
-        bw = floor_bandwidth(self.read_bandwidth(best_image), restores)
         artifact, external = ck["artifact_bytes"], ck["external_bytes"]
+        bw = floor_bandwidth(self.read_bandwidth(best_image), restores, artifact + external)
         sources_ok = all(
             (c["source_tokens"], c["source_logits_sha256"]) == ref for c in checkpoints.values()
         )
@@ -942,24 +942,55 @@ def peak_read_gbps(restores: list[dict], window: float = 1.0) -> float:
     return best
 
 
-def floor_bandwidth(bw: dict, restores: list[dict]) -> dict:
-    """The floor's bandwidth: the best reader setting, or the restores' own fastest second.
+def floor_bandwidth(bw: dict, restores: list[dict], floor_bytes: int) -> dict:
+    """The floor's bandwidth: the best reader setting, or the restores' own fastest stretch.
 
     The disk's speed drifts within a run; a reader test caught in a slow moment
     would make a floor the restores themselves beat, so whichever is faster counts.
+    The restores' stretch is as long as the floor itself: some disks burst for a
+    fraction of a second above what they keep up, and a shorter window (the rule
+    before session 13: one second) asks a read of the floor's size for a rate no
+    reader gets, not even a plain read with nothing else to do. Both are recorded.
     """
     bw = {**bw, "readers_best_gbps": bw.get("readers_best_gbps", bw["best_gbps"])}
     bw["restores_peak_1s_gbps"] = peak_read_gbps(restores)
-    if bw["restores_peak_1s_gbps"] > bw["readers_best_gbps"]:
-        bw["best_gbps"] = bw["restores_peak_1s_gbps"]
-        bw["best_readers"] = "the restores' own reads, their fastest second"
+    bw["restores_sustained_gbps"] = sustained_read_gbps(
+        restores, floor_bytes, bw["readers_best_gbps"]
+    )
+    if bw["restores_sustained_gbps"] > bw["readers_best_gbps"]:
+        bw["best_gbps"] = bw["restores_sustained_gbps"]
+        bw["best_readers"] = "the restores' own reads, their fastest stretch as long as the floor"
+    else:
+        bw["best_gbps"] = bw["readers_best_gbps"]
+        tried = bw.get("gbps_by_readers") or {}
+        bw["best_readers"] = (
+            max(tried, key=tried.get) if tried else bw.get("best_readers", "the reader test")
+        )
     return bw
+
+
+def sustained_read_gbps(restores: list[dict], floor_bytes: int, readers_gbps: float) -> float:
+    """The fastest rate any read of the run kept up for as long as the floor's bytes take.
+
+    The reader test reads the floor's bytes whole; the restores' disk timelines are
+    searched for their fastest stretch of that length (a fixed point: the window is
+    the floor, the floor is the bytes at the window's rate).
+    """
+    rate = max(readers_gbps, peak_read_gbps(restores))
+    for _ in range(50):
+        window = floor_bytes / rate / 1e9
+        settled = max(readers_gbps, peak_read_gbps(restores, window))
+        if abs(rate - settled) < 1e-4:
+            return settled
+        rate = settled
+    return rate
 
 
 def rescore(r: dict) -> dict:
     """A results file's floor recomputed from its own measurements under the current rule."""
-    bw = floor_bandwidth(r["read_bandwidth"], r["restores"])
-    floor = (r["artifact_bytes"] + r["external_bytes"]) / (bw["best_gbps"] * 1e9)
+    floor_bytes = r["artifact_bytes"] + r["external_bytes"]
+    bw = floor_bandwidth(r["read_bandwidth"], r["restores"], floor_bytes)
+    floor = floor_bytes / (bw["best_gbps"] * 1e9)
     return {**r, "read_bandwidth": bw, "storage_floor_s": floor}
 
 
@@ -1034,12 +1065,25 @@ def restore_start(restore: dict) -> dict | None:
     }
 
 
+def floor_rules(r: dict) -> list[tuple[str, float, float]]:
+    """The headline restore against the floor under each rule: (rule, GB/s, ratio)."""
+    floor_bytes = r["artifact_bytes"] + r["external_bytes"]
+    bw = floor_bandwidth(r["read_bandwidth"], r.get("restores") or [], floor_bytes)
+    rules = [
+        ("the reader test alone", bw["readers_best_gbps"]),
+        ("or the restores' fastest second (the rule before session 13)",
+         max(bw["readers_best_gbps"], bw["restores_peak_1s_gbps"])),
+        ("or the restores' fastest stretch as long as the floor (the rule)", bw["best_gbps"]),
+    ]  # fmt: skip
+    return [(rule, gbps, r["restore_s"] * gbps * 1e9 / floor_bytes) for rule, gbps in rules]
+
+
 def gaps_report(r: dict) -> str:
     """:func:`restore_gaps` of every timed restore in a results file (full run or explore)."""
     restores = r.get("restores") or r.get("explore_restores") or []
     sizes = r if "artifact_bytes" in r else r["checkpoint"]
     floor_bytes = sizes["artifact_bytes"] + sizes["external_bytes"]
-    peak = floor_bandwidth(r["read_bandwidth"], restores)["best_gbps"]
+    peak = floor_bandwidth(r["read_bandwidth"], restores, floor_bytes)["best_gbps"]
     floor_s = floor_bytes / peak / 1e9
     rows = [f"floor {floor_bytes / 1e9:.2f} GB at {peak:.2f} GB/s = {floor_s:.2f} s"]
     for setting, first_s in r["read_bandwidth"].get("first_ramp_mb_s_by_readers", {}).items():
@@ -1065,6 +1109,9 @@ def gaps_report(r: dict) -> str:
             for x, st in starts
             if st
         ]
+    if r.get("restore_s") and r.get("restores"):
+        rows += ["| floor's rate | GB/s | restore / floor |", "| --- | --- | --- |"]
+        rows += [f"| {rule} | {gbps:.2f} | {ratio:.2f}x |" for rule, gbps, ratio in floor_rules(r)]
     return "\n".join(rows)
 
 
@@ -1446,8 +1493,9 @@ def write_outputs(out: Path, r: dict) -> None:
          f"weight files read on resume) at {r['read_bandwidth']['best_gbps']:.2f} GB/s, the best "
          f"of this disk in this run ({r['read_bandwidth']['best_readers']}; reader test "
          f"{r['read_bandwidth'].get('readers_best_gbps', r['read_bandwidth']['best_gbps']):.2f}"
-         f" GB/s, fastest second of the restores "
-         f"{r['read_bandwidth'].get('restores_peak_1s_gbps', 0):.2f} GB/s)"),
+         f" GB/s, the restores' fastest stretch as long as the floor "
+         f"{r['read_bandwidth'].get('restores_sustained_gbps', 0):.2f} GB/s, their fastest "
+         f"second {r['read_bandwidth'].get('restores_peak_1s_gbps', 0):.2f} GB/s)"),
         ("speed-up vs empty-cache cold start", f"{empty_x:.1f}x",
          "target >= 15x"),
         ("speed-up vs warm-cache cold start", f"{warm_x:.1f}x",
