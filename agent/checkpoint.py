@@ -11,10 +11,25 @@ CRIU options, chosen for inference workers (see README "Agent"):
                   dumped tree; CRIU must accept that and restore into its own session
   file_locks      engines lock cache/weight files (flock/fcntl)
   ext_unix_sk     unix sockets whose peer is outside the tree (e.g. logging) are allowed
-  link_remap      deleted-but-open files are carried over
-  network_lock    SKIP: the pod's network namespace is not dumped and established TCP
-                  connections are refused (a quiesced worker holds none); listening
-                  sockets are dumped normally
+  link_remap      open files whose name is gone but which keep another hard link (a
+                  POSIX semaphore's creation name) get a link_remap name CRIU reopens;
+                  in /dev/shm these travel with the snapshot (agent.shm)
+  tcp_close       established TCP connections (a client's keep-alive connection, a probe
+                  being answered) are recorded as closed and never touched: the source's
+                  clients go on talking to it, and the copy gets them shut down, since its
+                  pod has another IP that no peer knows. Not tcp_established: that holds
+                  every connection in TCP repair mode during the dump to record state no
+                  restore can use. Loopback TCP between two processes of the tree is closed
+                  the same way (vLLM's API server and engine core talk over unix sockets)
+  tcp_skip_in_flight  connections the kernel accepted but the server has not yet (probes
+                  arriving while it is busy or frozen for the dump) stay the source's to
+                  serve; without it they fail the dump. The copy's listeners start empty
+  network_lock    SKIP: no connection is dumped, so there is nothing to lock; the pod's
+                  network namespace itself is not dumped. Listening TCP (v4, v6) and UDP
+                  sockets are dumped normally and come back in the new pod's namespace,
+                  provided they are bound to a wildcard address (0.0.0.0, ::), as servers
+                  in pods are: one bound to the source pod's own IP fails the restore
+                  (IPv4) or listens on an address the new pod lacks (IPv6)
   manage_cgroups  off: the restore joins the placeholder's cgroups instead
 """
 
@@ -40,6 +55,7 @@ from thaw.contract import (
     CRIU_IMAGES_DIR,
     PROCESS_INFO_FILE,
     ROOTFS_DIFF_FILE,
+    SHM_FILE,
     Manifest,
     Source,
 )
@@ -49,6 +65,8 @@ DUMP_OPTS = {
     "file_locks": True,
     "ext_unix_sk": True,
     "link_remap": True,
+    "tcp_close": True,
+    "tcp_skip_in_flight": True,
     "network_lock": rpc.SKIP,
     "ghost_limit": 64 << 20,
 }
@@ -167,7 +185,7 @@ def checkpoint(
 
         t = time.monotonic()
         try:
-            criu.call(
+            reply = criu.call(
                 "dump",
                 spec,
                 images_dir=images,
@@ -176,7 +194,11 @@ def checkpoint(
                 opts={**DUMP_OPTS, "pid": ns_pid, "leave_running": leave_running},
                 ns_pid=pid if contained else None,
                 pass_fds=hold_fds,
+                # A container's /dev/shm is its own: carried over (agent.shm).
+                extra={"shm_out": str(staging / SHM_FILE)} if contained else None,
             )
+            if reply.get("shm_files") == 0:
+                (staging / SHM_FILE).unlink(missing_ok=True)
         except criu.CriuFailed as e:
             if not procfs.alive(pid):
                 raise CheckpointError(f"process {pid} exited during the checkpoint: {e}") from e

@@ -1,7 +1,7 @@
 """Where CRIU is, which version, and whether this kernel supports it.
 
-``scripts/install-criu.sh`` unpacks CRIU 4.1.1 (with its own glibc) from Debian
-trixie and writes ``criu.json`` (loader, library path, binary) beside a wrapper
+``scripts/install-criu.sh`` unpacks CRIU >= 4.2 (with its own glibc) from Debian
+sid and writes ``criu.json`` (loader, library path, binary) beside a wrapper
 script. The agent execs the loader itself instead of the wrapper, because
 inside a container's mount namespace no host path resolves; it reaches the
 host files through ``/proc/self/fd/N`` (see :mod:`agent.nsrun`).
@@ -20,8 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-MIN_MAJOR = 4
-CRIU_VERSION = "4.1.1"  # what install-criu.sh fetches
+# Before 4.2 CRIU cannot dump a TCP or UDP socket on kernels >= 6.16 ("Can't get 1:16 opt"):
+# every HTTP server holds one, so older versions are refused outright.
+MIN_VERSION = (4, 2)
+INSTALLED = "criu-current"  # install-criu.sh's link to the newest unpacked CRIU
 ENV_CRIU = "THAW_CRIU"  # optional override: path to a criu binary or wrapper
 SYSTEM_LOADER = "/lib64/ld-linux-x86-64.so.2"
 SYSTEM_LIBS = ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu")
@@ -59,11 +61,11 @@ def cache_dir() -> Path:
 
 
 def find() -> CriuSpec:
-    """Locate CRIU: $THAW_CRIU, the cached trixie build, then ``criu`` on PATH."""
+    """Locate CRIU: $THAW_CRIU, the venv's, the cached unpacked build, then ``criu`` on PATH."""
     override = os.environ.get(ENV_CRIU)
     if override:
         return CriuSpec(override)
-    candidates = [cache_dir() / f"criu-{CRIU_VERSION}" / "criu.json"]
+    candidates = [cache_dir() / INSTALLED / "criu.json"]
     venv_criu = Path(sys.prefix) / "bin" / "criu"
     if venv_criu.is_symlink():
         candidates.insert(0, Path(os.path.realpath(venv_criu)).parent.parent / "criu.json")
@@ -77,7 +79,7 @@ def find() -> CriuSpec:
         return CriuSpec(on_path)
     raise CriuMissing(
         "CRIU not found: run `make install` (scripts/install-criu.sh fetches CRIU "
-        f"{CRIU_VERSION} into $THAW_CACHE) or set {ENV_CRIU}"
+        f">= {'.'.join(map(str, MIN_VERSION))} into $THAW_CACHE) or set {ENV_CRIU}"
     )
 
 
@@ -89,17 +91,27 @@ def version(spec: CriuSpec) -> str:
     return m.group(1)
 
 
+def parse_version(text: str) -> tuple[int, ...]:
+    """``4.2.1`` -> (4, 2, 1); a suffix after the numbers is ignored."""
+    parts = []
+    for piece in text.split("."):
+        digits = re.match(r"\d+", piece)
+        if not digits:
+            break
+        parts.append(int(digits.group()))
+    return tuple(parts)
+
+
 def require(check_kernel: bool = True) -> tuple[CriuSpec, str]:
     """Find CRIU and make sure it can work here; raise CriuMissing with the reason otherwise."""
     if os.geteuid() != 0:
         raise CriuMissing("the agent must run as root (CRIU needs CAP_SYS_ADMIN and ptrace)")
     spec = find()
     ver = version(spec)
-    major = int(ver.split(".")[0])
-    if major < MIN_MAJOR:
+    if parse_version(ver) < MIN_VERSION:
         raise CriuMissing(
-            f"CRIU {ver} is too old: thaw needs >= {MIN_MAJOR} (3.x fails on current kernels "
-            "with a vDSO error); run scripts/install-criu.sh"
+            f"CRIU {ver} is too old: thaw needs >= {'.'.join(map(str, MIN_VERSION))} (older "
+            "versions cannot dump TCP/UDP sockets on kernels >= 6.16); run scripts/install-criu.sh"
         )
     if check_kernel:
         out = subprocess.run(spec.argv("check"), capture_output=True, text=True, timeout=60)

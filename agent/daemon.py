@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import signal
@@ -21,7 +22,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from agent import criu, leftovers, procfs, working_set
+from agent import criu, doctor, leftovers, procfs, working_set
 from agent.checkpoint import CheckpointError, checkpoint
 from agent.pods import PodRef, PodSource, SnapshotSink, open_control_file
 from agent.restore import RestoreError, restore
@@ -50,11 +51,18 @@ class Agent:
         steps: Callable[[], list[Step]] | None = None,
         verify_key: Ed25519PublicKey | None = None,
         learn_after_s: float = LEARN_AFTER_S,
+        self_test: bool = True,
     ) -> None:
         self.source, self.sink, self.store, self.node = source, sink, store, node
         self.verify_key = verify_key  # set: only snapshots signed by it are restored
         self.retention = retention or Retention()
         self.spec, self.criu_version = criu.require(check_kernel=True)
+        # A CRIU that cannot dump a server's sockets here would fail every pod one by one:
+        # prove it once (agent.doctor) and else refuse, so pods serve and start cold.
+        failed = doctor.self_test(self.spec, self.criu_version) if self_test else ""
+        self.refusal = f"refused: the agent's socket self-test failed ({failed})" if failed else ""
+        if failed:
+            log.error("%s; every checkpoint and restore is refused", self.refusal)
         removed = store.clean_stale()
         if removed:
             log.info("removed stale staging folders: %s", ", ".join(removed))
@@ -63,6 +71,7 @@ class Agent:
         self._restores = ThreadPoolExecutor(restore_workers, thread_name_prefix="restore")
         self._busy: set[tuple[str, str]] = set()
         self._done: set[tuple[str, str]] = set()
+        self._abandoned: set[str] = set()  # pod uids whose checkpoint-abandoned was reported
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.poll_s = poll_s
@@ -99,7 +108,9 @@ class Agent:
             if pod.init_pid is None:
                 continue
             try:
-                if pod.mode == InjectedMode.CHECKPOINT and self._wants_checkpoint(pod):
+                if pod.mode == InjectedMode.CHECKPOINT and pod.has(Signal.CHECKPOINT_ABANDONED):
+                    self._report_abandoned(pod)
+                elif pod.mode == InjectedMode.CHECKPOINT and self._wants_checkpoint(pod):
                     self._submit(pod, "checkpoint", self._dumps, self.do_checkpoint)
                 elif (
                     pod.mode == InjectedMode.RESTORE
@@ -112,7 +123,29 @@ class Agent:
 
     @staticmethod
     def _wants_checkpoint(pod: PodRef) -> bool:
-        return pod.has(Signal.READY_FOR_CHECKPOINT) and not pod.has(Signal.CHECKPOINT_COMPLETE)
+        """Asked for, not done, and not given up (the pod then serves cold: never pause it)."""
+        return (
+            pod.has(Signal.READY_FOR_CHECKPOINT)
+            and not pod.has(Signal.CHECKPOINT_COMPLETE)
+            and not pod.has(Signal.CHECKPOINT_ABANDONED)
+        )
+
+    def _report_abandoned(self, pod: PodRef) -> None:
+        """Say once per pod (per agent run) that its sidecar or hook gave the checkpoint up."""
+        with self._lock:
+            if pod.uid in self._abandoned:
+                return
+            self._abandoned.add(pod.uid)
+        try:
+            payload = json.loads(pod.read(Signal.CHECKPOINT_ABANDONED) or "{}")
+        except (ValueError, RecursionError):  # the pod wrote it: any bytes at all
+            payload = {}
+        if not isinstance(payload, dict):
+            payload = {}
+        reason = str(payload.get("reason") or "unknown")[:100]
+        detail = str(payload.get("detail") or "")[:500]
+        log.info("%s: checkpoint abandoned (%s): %s", pod.ident, reason, detail)
+        self.sink.checkpoint_abandoned(pod, reason, detail)
 
     @staticmethod
     def _wants_restore(pod: PodRef) -> bool:
@@ -194,6 +227,8 @@ class Agent:
         name = new_name(pod.key or pod.name)
         self.sink.checkpoint_started(pod, name)
         try:
+            if self.refusal:
+                raise CheckpointError(self.refusal)
             pid = self.worker_pid(pod)
             log.info("%s: checkpointing worker pid %d as %s", pod.ident, pid, name)
             result = checkpoint(
@@ -243,6 +278,8 @@ class Agent:
         assert pod.init_pid is not None
         name = pod.snapshot or "?"
         try:
+            if self.refusal:
+                raise RestoreError(self.refusal)
             name = self.snapshot_for(pod)
             folder = self.store.path(name)
             # The name comes from the pod's own annotations: never another namespace's

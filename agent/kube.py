@@ -280,6 +280,15 @@ class KubeSink:
         self._patch_status(pod, name, status_patch(contract.Phase.FAILED, self.node, reason))
         self.event(pod, "CheckpointFailed", f"thaw: snapshot {name}: {reason}", warning=True)
 
+    def checkpoint_abandoned(self, pod: PodRef, reason: str, detail: str) -> None:
+        """No Snapshot object: none was started. The pod serves cold."""
+        self.event(
+            pod,
+            "CheckpointAbandoned",
+            f"thaw: no snapshot, serving cold ({reason}): {detail}",
+            warning=True,
+        )
+
     def restored(self, pod: PodRef, name: str, summary: dict) -> None:
         secs = (summary.get("seconds") or {}).get("total_s")
         self.event(pod, "Restored", f"thaw: restored from snapshot {name} in {secs}s")

@@ -91,6 +91,9 @@ class LocalSink:
     def checkpoint_failed(self, pod: PodRef, name: str, reason: str) -> None:
         self._emit(pod, "Failed", name, reason=reason)
 
+    def checkpoint_abandoned(self, pod: PodRef, reason: str, detail: str) -> None:
+        self._emit(pod, "CheckpointAbandoned", "", reason=reason, detail=detail)
+
     def restored(self, pod: PodRef, name: str, summary: dict) -> None:
         self._emit(pod, "Restored", name, summary=summary)
 
@@ -126,12 +129,18 @@ class LocalPod:
     def signal_path(self, sig: Signal) -> Path:
         return self.control / sig.value
 
-    def wait_signal(self, sig: Signal, timeout: float = 60.0) -> str:
+    def wait_signal(
+        self, sig: Signal, timeout: float = 60.0, *, unless: Signal | None = None
+    ) -> str:
+        """The text of ``sig`` once written; RuntimeError if ``unless`` is written first."""
         deadline = time.monotonic() + timeout
         path = self.signal_path(sig)
         while time.monotonic() < deadline:
             if path.exists():
                 return path.read_text()
+            if unless is not None and self.signal_path(unless).exists():
+                text = self.signal_path(unless).read_text()
+                raise RuntimeError(f"{self.name}: {unless.value}: {text.strip()}")
             time.sleep(0.02)
         raise TimeoutError(f"{self.name}: no {sig.value} after {timeout}s; log:\n{self.box.log()}")
 
@@ -145,10 +154,12 @@ def _start_pod(
     command: list[str],
     pod: dict,
     env: Mapping[str, str],
+    network: bool = False,
 ) -> LocalPod:
     pod_dir = Path(root) / name
     (pod_dir / "control").mkdir(parents=True, exist_ok=True)
-    box = Box(command, pod_dir / "control", name=name, env=env, log=pod_dir / "container.log")
+    log_path = pod_dir / "container.log"
+    box = Box(command, pod_dir / "control", name=name, env=env, log=log_path, network=network)
     record = {"uid": str(uuid.uuid4()), "name": name, "pid": box.pid, **pod}
     tmp = pod_dir / f".{POD_FILE}.tmp"
     tmp.write_text(json.dumps(record, indent=1))
@@ -165,12 +176,17 @@ def start_checkpoint_pod(
     image: str = "local",
     namespace: str = "local",
     env: Mapping[str, str] | None = None,
+    network: bool = False,
 ) -> LocalPod:
-    """A checkpoint-mode pod: ``argv`` runs under the PID-offset wrapper."""
+    """A checkpoint-mode pod: ``argv`` runs under the PID-offset wrapper.
+
+    ``network``: the pod gets its own IP (:mod:`agent.sandbox_net`), as in a cluster.
+    """
     box_env = {ENV_MODE: InjectedMode.CHECKPOINT.value, ENV_SNAPSHOT_KEY: key, **(env or {})}
     pod = {"mode": InjectedMode.CHECKPOINT.value, "key": key, "image": image}
     pod["namespace"] = namespace
-    return _start_pod(Path(root), name, launch.checkpoint_wrapper(argv), pod, box_env)
+    wrapped = launch.checkpoint_wrapper(argv)
+    return _start_pod(Path(root), name, wrapped, pod, box_env, network)
 
 
 def start_restore_pod(
@@ -184,17 +200,19 @@ def start_restore_pod(
     namespace: str = "local",
     env: Mapping[str, str] | None = None,
     request: bool = True,
+    network: bool = False,
 ) -> LocalPod:
     """A restore-mode pod: the placeholder is PID 1; ``argv`` is its cold-start fallback.
 
-    ``request`` writes ``restore-requested`` (the restore init step's job in a cluster).
+    ``request`` writes ``restore-requested`` (the restore init step's job in a cluster);
+    ``network`` gives the pod its own IP, another one than its source's.
     """
     box_env = {ENV_MODE: InjectedMode.RESTORE.value, ENV_SNAPSHOT_KEY: key, **(env or {})}
     if snapshot:
         box_env[ENV_SNAPSHOT] = snapshot
     pod = {"mode": InjectedMode.RESTORE.value, "key": key, "snapshot": snapshot, "image": image}
     pod["namespace"] = namespace
-    p = _start_pod(Path(root), name, launch.restore_placeholder(argv), pod, box_env)
+    p = _start_pod(Path(root), name, launch.restore_placeholder(argv), pod, box_env, network)
     if request:
         (p.control / Signal.RESTORE_REQUESTED.value).write_text("{}\n")
     return p

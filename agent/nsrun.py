@@ -29,13 +29,14 @@ import os
 import signal
 import socket
 import sys
+import tarfile
 import traceback
 
 import pycriu.rpc_pb2 as rpc
-from pycriu import CRIUException
+from pycriu import CRIUException, CRIUExceptionExternal
 from pycriu import criu as CriuClient
 
-from agent import rootfs
+from agent import rootfs, shm
 
 NAMESPACES = ("ipc", "uts", "net", "cgroup", "pid", "mnt")  # mnt last: it changes our root
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -150,6 +151,37 @@ def _spawn_swrk(argv: list[str], devnull: int) -> tuple[int, socket.socket]:
     return pid, ours
 
 
+def _recv(sock: socket.socket) -> rpc.criu_resp:
+    size = len(sock.recv(1, socket.MSG_TRUNC | socket.MSG_PEEK))
+    resp = rpc.criu_resp()
+    resp.ParseFromString(sock.recv(size))
+    return resp
+
+
+def _dump_notified(sock: socket.socket, opts: rpc.criu_opts, on_script) -> None:
+    """A dump that answers CRIU's action-script notifications (pycriu's client cannot).
+
+    ``on_script(name)`` runs while CRIU waits; an exception from it fails the dump,
+    which CRIU then undoes (the tree resumes).
+    """
+    req = rpc.criu_req(type=rpc.DUMP)
+    req.opts.MergeFrom(opts)
+    req.opts.notify_scripts = True
+    sock.send(req.SerializeToString())
+    while True:
+        resp = _recv(sock)
+        if resp.type != rpc.NOTIFY:
+            break
+        try:
+            on_script(resp.notify.script)
+        except BaseException:
+            sock.send(rpc.criu_req(type=rpc.NOTIFY, notify_success=False).SerializeToString())
+            raise
+        sock.send(rpc.criu_req(type=rpc.NOTIFY, notify_success=True).SerializeToString())
+    if not resp.success:
+        raise CRIUExceptionExternal(req.type, resp.type, resp.cr_errno)
+
+
 def run_request(req: dict, fds: dict) -> dict:
     """In the final namespaces: start criu swrk and send the request through pycriu."""
     if req["action"] == "untar":
@@ -160,9 +192,18 @@ def run_request(req: dict, fds: dict) -> dict:
     client.opts = _criu_opts(req, fds["images"], fds["work"], fds["inherit"])
     reply: dict = {"ok": False, "pid": None, "ns_pid": os.getpid()}
     try:
-        if req["action"] == "dump":
+        if req["action"] == "dump" and "shm_out" in fds:
+
+            def post_dump(script: str) -> None:
+                if script == "post-dump":  # the tree is still frozen
+                    reply["shm_files"] = shm.capture(fds["shm_out"])
+
+            _dump_notified(sock, client.opts, post_dump)
+        elif req["action"] == "dump":
             client.dump()
         elif req["action"] == "restore":
+            if "shm_tar" in fds:
+                reply["shm_files"] = shm.apply(fds["shm_tar"])
             reply["pid"] = client.restore().pid
         else:
             raise ValueError(f"unknown action {req['action']!r}")
@@ -170,6 +211,8 @@ def run_request(req: dict, fds: dict) -> dict:
     except CRIUException as e:
         reply["error"] = str(e)
         reply["errno"] = getattr(e, "errno", 0)
+    except (OSError, shm.ShmError, tarfile.TarError) as e:
+        reply["error"] = f"/dev/shm: {e}"
     finally:
         sock.close()
         _, status = os.waitpid(swrk, 0)
@@ -201,7 +244,13 @@ def prepare(req: dict) -> dict:
     for item in req.get("inherit_fds", []):
         flags = os.O_WRONLY if item.get("mode", "w") == "w" else os.O_RDONLY
         inherit.append((item["key"], _open_keep(item["path"], flags | os.O_NONBLOCK)))
+    extra = {}
+    if req.get("shm_out"):
+        extra["shm_out"] = _open_keep(req["shm_out"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    if req.get("shm_tar"):
+        extra["shm_tar"] = _open_keep(req["shm_tar"], os.O_RDONLY)
     return {
+        **extra,
         "argv": argv,
         "images": _open_keep(req["images_dir"], rdir),
         "work": _open_keep(req["work_dir"], rdir),

@@ -10,6 +10,12 @@ CRIU restores it detached: when ``criu swrk`` exits the tree is reparented to
 the namespace's init, the placeholder, which then mirrors its lifetime.
 The worker's stdout/stderr pipes are re-wired to the placeholder's own, so
 the restored worker logs into the new pod's log.
+
+Sockets land in the placeholder's network namespace, which has another IP than
+the source pod's: listeners (bound to a wildcard address) serve there at once;
+``tcp_close`` hands back every connection that was established at the dump shut
+down (its peer talks to the source, which keeps it), so the worker reads EOF on
+it; the dump recorded no TCP state (``agent.checkpoint``), hence no network lock.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from thaw.contract import (
     MANIFEST_FILE,
     PROCESS_INFO_FILE,
     ROOTFS_DIFF_FILE,
+    SHM_FILE,
     Manifest,
 )
 
@@ -49,6 +56,15 @@ RESTORE_OPTS = {
 
 
 log = logging.getLogger(__name__)
+
+
+def shm_request(folder: Path, manifest: Manifest) -> dict | None:
+    """The snapshot's /dev/shm for the helper to unpack before CRIU (agent.shm), if any."""
+    if not any(f.path == SHM_FILE for f in manifest.files):
+        return None
+    if not (folder / SHM_FILE).is_file():
+        raise RestoreError(_vanished(folder, SHM_FILE))
+    return {"shm_tar": str(folder / SHM_FILE)}
 
 
 class RestoreError(RuntimeError):
@@ -187,6 +203,7 @@ def restore(
                 ns_pid=into,
                 inherit_fds=inherit,
                 pass_fds=hold_fds,
+                extra=shm_request(folder, verified) if into is not None else None,
             )
         except criu.CriuFailed as e:
             if not (folder / MANIFEST_FILE).is_file():

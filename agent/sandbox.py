@@ -6,7 +6,9 @@ overlay snapshotter keeps it), a private /proc, and the control dir
 bind-mounted at :data:`thaw.contract.CONTROL_DIR`. Its stdio are pipes drained
 by the host, like a runtime shim's. That is what the agent meets in a
 Kubernetes pod, minus the image: real namespaces, so the agent's
-``setns``/CRIU code paths are the ones used in a cluster.
+``setns``/CRIU code paths are the ones used in a cluster. With ``network=True``
+the box also gets a pod-like IP on a veth pair (:mod:`agent.sandbox_net`),
+set up before its command starts.
 """
 
 from __future__ import annotations
@@ -23,11 +25,14 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from agent import sandbox_init
+from agent import sandbox_init, sandbox_net
 from agent.procfs import children_of
+from agent.sandbox_net import BoxNet
 from thaw.contract import CONTROL_DIR, ENV_CONTROL_DIR
 
 UNSHARE = ("unshare", "--pid", "--fork", "--mount", "--ipc", "--uts", "--net", "--kill-child")
+# SIGKILL to unshare when the thread that started it dies; --kill-child takes the box along.
+DIE_WITH_PARENT = ("setpriv", "--pdeathsig", "KILL", "--")
 
 
 _PROJECT = str(Path(__file__).resolve().parent.parent)
@@ -58,8 +63,13 @@ class Box:
         name: str = "box",
         env: Mapping[str, str] | None = None,
         log: Path | None = None,
+        network: bool = False,
+        die_with_parent: bool = False,
     ) -> None:
+        """``die_with_parent``: the box is killed when the calling thread ends, even by
+        SIGKILL (a throw-away box must not outlive its creator)."""
         self.name = name
+        self.net: BoxNet | None = None
         self.control = Path(control)
         self.control.mkdir(parents=True, exist_ok=True)
         self.base = Path(tempfile.mkdtemp(prefix=f"thaw-box-{name}-"))
@@ -74,6 +84,7 @@ class Box:
         # so the host resolves it the same way the box would.
         control_in_box = os.path.realpath(CONTROL_DIR)
         cmd = [
+            *(DIE_WITH_PARENT if die_with_parent else ()),
             *UNSHARE,
             sys.executable,
             "-m",
@@ -86,19 +97,44 @@ class Box:
             *argv,
         ]
         binds = ":".join(hidden_in_box(p) for p in (sys.prefix, _PROJECT) if hidden_in_box(p))
+        box_env.update({"PYTHONPATH": _PROJECT, sandbox_init.BINDS_ENV: binds})
+        net_wait, net_go = os.pipe() if network else (-1, -1)
+        if network:
+            box_env[sandbox_init.NET_FD_ENV] = str(net_wait)
         read_end, write_end = os.pipe()
-        self._unshare = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=write_end,
-            stderr=write_end,
-            env={**box_env, "PYTHONPATH": _PROJECT, sandbox_init.BINDS_ENV: binds},
-            start_new_session=True,
-        )
+        try:
+            self._unshare = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=write_end,
+                stderr=write_end,
+                env=box_env,
+                start_new_session=True,
+                pass_fds=(net_wait,) if network else (),
+            )
+        except OSError:
+            for fd in (read_end, write_end, net_wait, net_go):
+                if fd >= 0:
+                    os.close(fd)
+            self._remove_base()
+            raise
         os.close(write_end)
+        if network:
+            os.close(net_wait)  # the box holds its own copy
         self._drain = threading.Thread(target=self._copy_log, args=(read_end,), daemon=True)
         self._drain.start()
-        self.pid = self._wait_init()
+        self.pid = -1
+        try:
+            self.pid = self._wait_init()
+            if network:
+                self.net = sandbox_net.attach(self.pid)
+                os.write(net_go, b"1")
+        except BaseException:
+            self.stop()
+            raise
+        finally:
+            if network:
+                os.close(net_go)
 
     def _copy_log(self, fd: int) -> None:
         with open(fd, "rb", buffering=0) as src, open(self.log_path, "ab", buffering=0) as dst:
@@ -134,17 +170,23 @@ class Box:
 
     def stop(self) -> None:
         """Kill everything in the box (its PID 1 dying takes the pid namespace with it)."""
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGKILL)
+        if self.pid > 0:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self._unshare.wait(10)
         if self._unshare.poll() is None:
             self._unshare.kill()
             self._unshare.wait()
         self._drain.join(5)
+        if self.net is not None:
+            sandbox_net.detach(self.net)
+        self._remove_base()
+
+    def _remove_base(self) -> None:
         # Lazy: the dying pid namespace may still pin the overlay for a moment; the tmpfs
         # is freed when the last reference goes.
-        subprocess.run(["umount", "-l", str(self.base)], capture_output=True)
+        sandbox_init.unmount_lazy(str(self.base))
         shutil.rmtree(self.base, ignore_errors=True)
         if self._own_log:
             self.log_path.unlink(missing_ok=True)

@@ -5,25 +5,49 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 from pathlib import Path
 
 from thaw.contract import (
     CONTROL_DIR,
+    DEFAULT_CHECKPOINT_WINDOW_S,
+    ENV_CHECKPOINT_WINDOW,
     ENV_CONTROL_DIR,
     ENV_ENGINE_HEALTH_URL,
     ENV_ENGINE_SLEEP_URL,
     ENV_ENGINE_WAKE_URL,
     ENV_MODE,
+    ENV_POD_IP,
+    ENV_RESTORE_TIMEOUT,
     ENV_SNAPSHOT,
     ENV_STORE_DIR,
+    ENV_WARM_PROBE,
     SIDECAR_PORT,
     STORE_MOUNT_PATH,
+    ProbeError,
+    WarmProbe,
 )
+from thaw.launch import DEFAULT_RESTORE_TIMEOUT_S
+
+log = logging.getLogger(__name__)
 
 
 def _env(name: str, default: str = "") -> str:
     return os.environ.get(name) or default
+
+
+def _seconds(name: str, default: float) -> float:
+    """A positive number from env ``name``; a bad value is logged, never a crash loop."""
+    raw = _env(name)
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        value = 0
+    if not 0 < value < float("inf"):
+        log.error("%s=%r is not a positive number of seconds; using %g", name, raw, default)
+        return default
+    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,6 +64,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--engine-health-url", default=_env(ENV_ENGINE_HEALTH_URL))
     run.add_argument("--engine-sleep-url", default=_env(ENV_ENGINE_SLEEP_URL))
     run.add_argument("--engine-wake-url", default=_env(ENV_ENGINE_WAKE_URL))
+    run.add_argument(
+        "--warm-probe", default=_env(ENV_WARM_PROBE), help="the worker's probe as JSON"
+    )
+    run.add_argument("--pod-ip", default=_env(ENV_POD_IP), help="the probe's default host")
+    run.add_argument(
+        "--checkpoint-window",
+        type=float,
+        default=_seconds(ENV_CHECKPOINT_WINDOW, DEFAULT_CHECKPOINT_WINDOW_S),
+        help="seconds for the engine to get warm; then the pod serves without a snapshot",
+    )
+    run.add_argument(
+        "--checkpoint-deadline",
+        type=float,
+        help="seconds from ready-for-checkpoint to checkpoint-complete; then serve anyway "
+        "(default 1200)",
+    )
+    run.add_argument(
+        "--restore-timeout",
+        type=float,
+        default=_seconds(ENV_RESTORE_TIMEOUT, DEFAULT_RESTORE_TIMEOUT_S),
+        help="the restore placeholder's timeout, after which it cold-starts",
+    )
     run.set_defaults(func=_run)
 
     init = cmds.add_parser("restore-init", help="check the node, prefetch, request the restore")
@@ -51,10 +97,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from sidecar.server import EngineUrls, Sidecar, serve
+    from sidecar.probe import ProbeRunner
+    from sidecar.server import RESTORE_GRACE_S, EngineUrls, Limits, Sidecar, serve
 
-    engine = EngineUrls(args.engine_health_url, args.engine_sleep_url, args.engine_wake_url)
-    sidecar = Sidecar(args.control_dir, args.mode.strip().lower(), engine)
+    probe = None
+    try:
+        if args.warm_probe:
+            probe = ProbeRunner(WarmProbe.from_json(args.warm_probe), args.pod_ip)
+        elif args.engine_health_url:
+            probe = ProbeRunner.from_url(args.engine_health_url)
+    except ProbeError as e:  # the window still ends the wait: the pod serves, cold
+        log.error("no warm probe: %s", e)
+    engine = EngineUrls("", args.engine_sleep_url, args.engine_wake_url)
+    limits = Limits(
+        window_s=args.checkpoint_window,
+        restore_s=args.restore_timeout + RESTORE_GRACE_S,
+        **({"deadline_s": args.checkpoint_deadline} if args.checkpoint_deadline else {}),
+    )
+    sidecar = Sidecar(args.control_dir, args.mode.strip().lower(), engine, probe, limits)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(sidecar, args.host, args.port, args.poll))
     return 0

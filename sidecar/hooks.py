@@ -17,6 +17,12 @@ returns twice in the life of a snapshot: in the source when
 loop, in the new pod's control folder). Either way the resume callbacks run
 before it returns. Without ``THAW_MODE`` (or in a cold-started restore-mode
 pod) it returns at once and touches nothing.
+
+A checkpoint may be given up (``checkpoint-abandoned``): by the sidecar when
+its window or deadline passes, or here when the wait times out - then this
+writes it before raising HookTimeout, so the sidecar stops holding the pod
+Not Ready and the agent never dumps it. Once it is there, the call returns
+``abandoned`` without quiescing.
 """
 
 from __future__ import annotations
@@ -29,7 +35,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from thaw.contract import CONTROL_DIR, ENV_CONTROL_DIR, ENV_MODE, InjectedMode, Signal
+from thaw.contract import (
+    CONTROL_DIR,
+    ENV_CONTROL_DIR,
+    ENV_MODE,
+    AbandonReason,
+    InjectedMode,
+    Signal,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +59,7 @@ class HookError(RuntimeError):
 
 
 class HookTimeout(HookError):
-    """Nobody answered ``ready-for-checkpoint`` in time (the engine was resumed first)."""
+    """Nobody answered ``ready-for-checkpoint`` in time: abandoned, the engine resumed."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,9 +67,10 @@ class Outcome:
     """How ``wait_for_checkpoint_or_restore`` ended.
 
     ``event``: ``checkpointed`` (source, after the dump), ``restored`` (a
-    restored copy), ``skipped`` (no checkpoint mode: nothing to wait for).
-    ``ok`` is False when the agent reported a failed checkpoint; the engine
-    was resumed anyway and keeps serving.
+    restored copy), ``skipped`` (no checkpoint mode: nothing to wait for),
+    ``abandoned`` (the checkpoint was given up; ``detail`` says why).
+    ``ok`` is False when the agent reported a failed checkpoint or it was
+    abandoned; the engine was resumed anyway and keeps serving.
     """
 
     event: str
@@ -144,6 +158,9 @@ def wait_for_checkpoint_or_restore(
     directory = directory or control_dir()
     done = directory / Signal.CHECKPOINT_COMPLETE.value
     restored = directory / Signal.RESTORE_COMPLETE.value
+    abandoned = directory / Signal.CHECKPOINT_ABANDONED.value
+    if abandoned.exists():  # too late: the pod serves without a snapshot
+        return Outcome("abandoned", ok=False, detail=read_signal(abandoned))
     _run(_quiesce, "quiesce")
     try:
         write_signal(
@@ -167,6 +184,9 @@ def wait_for_checkpoint_or_restore(
             ok = detail.get("ok", True) is not False and not detail.get("error")
             outcome = Outcome("checkpointed", ok=ok, detail=detail)
             break
+        if abandoned.exists():
+            outcome = Outcome("abandoned", ok=False, detail=read_signal(abandoned))
+            break
         time.sleep(poll_s)
         now = time.monotonic()
         # A jump far beyond the poll interval means we were frozen (or restored): don't count it.
@@ -174,12 +194,27 @@ def wait_for_checkpoint_or_restore(
         elapsed += step if 0 <= step < max(1.0, 50 * poll_s) else poll_s
         last = now
         if elapsed >= timeout_s:
-            _run(_resume, "resume")
-            raise HookTimeout(
+            message = (
                 f"no {Signal.CHECKPOINT_COMPLETE.value} or {Signal.RESTORE_COMPLETE.value} "
                 f"in {directory} after {timeout_s:.0f}s; engine resumed without a snapshot"
             )
+            _abandon(directory, message)  # first: the agent must not start a dump now
+            _run(_resume, "resume")
+            raise HookTimeout(message)
     _run(_resume, "resume")
     if not outcome.ok:
-        log.warning("checkpoint failed (%s); serving on", outcome.detail)
+        log.warning(
+            "checkpoint %s (%s); serving on",
+            "failed" if outcome.event == "checkpointed" else outcome.event,
+            outcome.detail,
+        )
     return outcome
+
+
+def _abandon(directory: Path, detail: str) -> None:
+    """Write ``checkpoint-abandoned`` for a timed-out wait; a failure is only logged."""
+    payload = {"reason": AbandonReason.HOOK_TIMEOUT.value, "by": "hook", "detail": detail}
+    try:
+        write_signal(directory, Signal.CHECKPOINT_ABANDONED, {**payload, "t": time.time()})
+    except OSError as e:
+        log.error("cannot write %s in %s: %s", Signal.CHECKPOINT_ABANDONED.value, directory, e)

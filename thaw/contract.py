@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import math
 from typing import Final
 
 DOMAIN: Final = "thaw.dev"
@@ -22,6 +23,13 @@ LABEL_ENABLED_VALUE: Final = "true"
 
 ANNOTATION_CONTAINER: Final = f"{DOMAIN}/container"  # target container; default: first
 ANNOTATION_MODE: Final = f"{DOMAIN}/mode"  # see Mode
+ANNOTATION_WARM: Final = f"{DOMAIN}/warm"  # see Warm: how the sidecar tells the engine is warm
+ANNOTATION_ENGINE: Final = f"{DOMAIN}/engine"  # see Engine: sleep/wake endpoints by engine
+ANNOTATION_SLEEP_PATH: Final = f"{DOMAIN}/sleep-path"  # POSTed before the dump (probe's port)
+ANNOTATION_WAKE_PATH: Final = f"{DOMAIN}/wake-path"  # POSTed after the dump or the restore
+ANNOTATION_CHECKPOINT_WINDOW: Final = f"{DOMAIN}/checkpoint-window"  # seconds to get warm
+DEFAULT_CHECKPOINT_WINDOW_S: Final = 900
+MAX_CHECKPOINT_WINDOW_S: Final = 86400
 
 # Written by the webhook (never by users).
 ANNOTATION_INJECTED: Final = f"{DOMAIN}/injected"  # see InjectedMode
@@ -36,6 +44,32 @@ class Mode(enum.StrEnum):
     CHECKPOINT = "checkpoint"
     RESTORE = "restore"
     OFF = "off"
+
+
+class Warm(enum.StrEnum):
+    """Value of ``thaw.dev/warm``: what says the worker is warm enough to checkpoint.
+
+    probe  the worker container's own readinessProbe (httpGet or tcpSocket), run by
+           the sidecar, which then writes ``ready-for-checkpoint`` for the engine
+    hook   the engine writes ``ready-for-checkpoint`` itself (``sidecar.hooks``)
+    """
+
+    PROBE = "probe"
+    HOOK = "hook"
+
+
+class Engine(enum.StrEnum):
+    """Value of ``thaw.dev/engine``: an engine whose sleep/wake endpoints thaw knows."""
+
+    VLLM = "vllm"  # needs --enable-sleep-mode (and VLLM_SERVER_DEV_MODE=1)
+    SGLANG = "sglang"  # needs --enable-memory-saver
+
+
+# (sleep, wake) paths on the port of the worker's readinessProbe, POSTed by the sidecar.
+ENGINE_ENDPOINTS: Final = {
+    Engine.VLLM: ("/sleep?level=1", "/wake_up"),
+    Engine.SGLANG: ("/release_memory_occupation", "/resume_memory_occupation"),
+}
 
 
 class InjectedMode(enum.StrEnum):
@@ -63,6 +97,10 @@ ENV_TARGET_CONTAINER: Final = "THAW_TARGET_CONTAINER"  # name of the worker's co
 ENV_ENGINE_HEALTH_URL: Final = "THAW_ENGINE_HEALTH_URL"
 ENV_ENGINE_SLEEP_URL: Final = "THAW_ENGINE_SLEEP_URL"
 ENV_ENGINE_WAKE_URL: Final = "THAW_ENGINE_WAKE_URL"
+# A sleep/wake URL that is only a path ("/sleep?level=1") is on the warm probe's endpoint.
+ENV_WARM_PROBE: Final = "THAW_WARM_PROBE"  # WarmProbe.to_json() of the worker's readinessProbe
+ENV_POD_IP: Final = "THAW_POD_IP"  # the probe's default host, as the kubelet's
+ENV_CHECKPOINT_WINDOW: Final = "THAW_CHECKPOINT_WINDOW"  # seconds to get warm, then cold
 
 
 class Signal(enum.StrEnum):
@@ -73,6 +111,8 @@ class Signal(enum.StrEnum):
     restore-requested     restore init step -> agent: restore into this pod
     restore-complete      agent -> placeholder: restored, JSON {"pid": N, ...}
     restore-failed        agent -> placeholder: reason text; cold start
+    checkpoint-abandoned  sidecar/hook -> agent: never dump this pod; JSON
+                          {"reason": AbandonReason, "by": "sidecar"|"hook", "detail"}
     """
 
     READY_FOR_CHECKPOINT = "ready-for-checkpoint"
@@ -80,10 +120,90 @@ class Signal(enum.StrEnum):
     RESTORE_REQUESTED = "restore-requested"
     RESTORE_COMPLETE = "restore-complete"
     RESTORE_FAILED = "restore-failed"
+    CHECKPOINT_ABANDONED = "checkpoint-abandoned"
+
+
+class AbandonReason(enum.StrEnum):
+    """``reason`` of ``checkpoint-abandoned``: why the pod serves cold, unsnapshotted."""
+
+    WARM_WINDOW = "warm-window-expired"  # no warm signal within the checkpoint window
+    CHECKPOINT_DEADLINE = "checkpoint-deadline"  # no checkpoint-complete in time
+    HOOK_TIMEOUT = "hook-timeout"  # sidecar.hooks waited in vain
 
 
 # In the control dir: agents flock it per pod, so one checkpoint/restore runs at a time.
 AGENT_LOCK_FILE: Final = ".thaw-agent.lock"
+
+
+class ProbeError(ValueError):
+    """A warm probe the sidecar cannot run; says which field is wrong."""
+
+
+HTTP_SCHEMES: Final = ("http", "https")
+
+
+@dataclasses.dataclass(frozen=True)
+class WarmProbe:
+    """The worker's readinessProbe as the sidecar runs it (``THAW_WARM_PROBE``).
+
+    ``scheme`` "http" or "https" is an httpGet probe and "" a tcpSocket one;
+    ``host`` "" is the pod IP. The webhook resolves named ports, so the sidecar
+    never needs the pod spec.
+    """
+
+    port: int
+    scheme: str = ""
+    path: str = "/"
+    host: str = ""
+    headers: tuple[tuple[str, str], ...] = ()
+    period_s: float = 10
+    timeout_s: float = 1
+    success_threshold: int = 1
+    failure_threshold: int = 3
+    initial_delay_s: float = 0
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> WarmProbe:
+        try:
+            raw = json.loads(text)
+        except ValueError as e:
+            raise ProbeError(f"{ENV_WARM_PROBE} is not valid JSON: {e}") from None
+        if not isinstance(raw, dict):
+            raise ProbeError(f"{ENV_WARM_PROBE} must be a JSON object")
+        known = {f.name for f in dataclasses.fields(cls)}
+        headers = raw.get("headers") or []
+        if not isinstance(headers, list) or not all(
+            isinstance(h, list) and len(h) == 2 and all(isinstance(x, str) for x in h)
+            for h in headers
+        ):
+            raise ProbeError(f"{ENV_WARM_PROBE}: headers must be [name, value] string pairs")
+        try:
+            probe = cls(**{**{k: v for k, v in raw.items() if k in known}, "headers": ()})
+        except TypeError as e:
+            raise ProbeError(f"{ENV_WARM_PROBE}: {e}") from None
+        probe = dataclasses.replace(probe, headers=tuple((n, v) for n, v in headers))
+        probe.check()
+        return probe
+
+    def check(self) -> None:
+        """Raise ProbeError naming the first field out of range."""
+        if not _ints(self.port) or not 0 < self.port < 65536:
+            raise ProbeError(f"probe port {self.port!r} is not a port number")
+        if self.scheme not in ("", *HTTP_SCHEMES):
+            raise ProbeError(f"probe scheme {self.scheme!r} is not http or https")
+        if not isinstance(self.path, str) or not self.path.startswith("/"):
+            raise ProbeError(f"probe path {self.path!r} does not start with /")
+        if not isinstance(self.host, str):
+            raise ProbeError(f"probe host {self.host!r} is not a string")
+        for name in ("period_s", "timeout_s", "success_threshold", "failure_threshold"):
+            value = getattr(self, name)
+            if not _numbers(value) or value <= 0:
+                raise ProbeError(f"probe {name} {value!r} is not a positive number")
+        if not _numbers(self.initial_delay_s) or self.initial_delay_s < 0:
+            raise ProbeError(f"probe initial_delay_s {self.initial_delay_s!r} is negative")
 
 
 # --- Injected containers ----------------------------------------------------
@@ -143,6 +263,7 @@ MANIFEST_SCHEMA_VERSION: Final = 1
 STORE_STAGING_DIR: Final = ".staging"  # snapshots are built here, then renamed
 CRIU_IMAGES_DIR: Final = "criu"  # CRIU image files inside a snapshot folder
 ROOTFS_DIFF_FILE: Final = "rootfs-diff.tar"  # container's overlay upper dir
+SHM_FILE: Final = "dev-shm.tar"  # the worker's /dev/shm, taken while the tree was frozen
 PROCESS_INFO_FILE: Final = "process.json"  # dumped tree: root pid, stdio the restore re-wires
 FILE_PAGES_FILE: Final = "file-pages.json"  # pages of mapped files a restore reads (agent)
 # What restored workers touched of those files, learned after publishing: advisory, not listed
@@ -386,3 +507,10 @@ class GpuRegions:
 
 def _ints(*values: object) -> bool:
     return all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+
+
+def _numbers(*values: object) -> bool:
+    """Finite ints or floats (JSON also spells NaN and Infinity)."""
+    return all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values
+    )

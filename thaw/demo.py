@@ -1,6 +1,9 @@
 """``thaw demo``: the whole flow locally on an embedded default, no cluster.
 
-What a cluster does, played on this machine with the real parts:
+The default engine is a real one, an unmodified ``transformers serve`` with a
+real model (:mod:`thaw.demo_llm`). ``--engine sample`` runs thaw's sample
+worker instead, whose state and warm-up are sized by flags; what a cluster
+does, played on this machine with the real parts:
 
 1. the admission webhook (a real ``thaw webhook serve`` over TLS on loopback,
    certificates from ``certs``) sees the first replica of a sample Deployment,
@@ -21,35 +24,33 @@ Needs root (CRIU, namespaces); without it only the webhook part runs.
 from __future__ import annotations
 
 import argparse
-import base64
-import contextlib
-import http.client
 import json
 import logging
 import os
 import shutil
-import signal
 import ssl
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import jsonpatch
+from thaw import contract
+from thaw.demo_common import CONTAINER, NAMESPACE, admit, describe, drop_page_cache, target_argv
+from thaw.demo_common import webhook as local_webhook
 
-from thaw import contract, launch
-
-NAMESPACE = "demo"
-CONTAINER = "worker"
 SEED = "thaw-demo"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the whole flow locally (no cluster)")
-    p.add_argument("--state-mb", type=int, default=1024, help="worker memory state (MB)")
+    p.add_argument(
+        "--engine",
+        choices=("llm", "sample"),
+        default="llm",
+        help="llm: transformers serve with SmolLM2-135M-Instruct (default); sample: thaw's worker",
+    )
+    p.add_argument("--state-mb", type=int, default=1024, help="sample worker memory state (MB)")
     p.add_argument(
         "--warmup-rounds", type=int, default=20000, help="compile-like warm-up work (1 MB hashes)"
     )
@@ -69,6 +70,8 @@ def sample_pod(args: argparse.Namespace) -> dict[str, Any]:
                 "app": "sample-worker",
                 contract.LABEL_ENABLED: contract.LABEL_ENABLED_VALUE,
             },
+            # The sample worker announces itself (ready-for-checkpoint): no probe needed.
+            "annotations": {contract.ANNOTATION_WARM: contract.Warm.HOOK.value},
         },
         "spec": {
             "containers": [
@@ -88,101 +91,6 @@ def sample_pod(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def review(pod: dict[str, Any], uid: str) -> bytes:
-    return json.dumps(
-        {
-            "apiVersion": "admission.k8s.io/v1",
-            "kind": "AdmissionReview",
-            "request": {
-                "uid": uid,
-                "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                "resource": {"group": "", "version": "v1", "resource": "pods"},
-                "namespace": NAMESPACE,
-                "operation": "CREATE",
-                "object": pod,
-            },
-        }
-    ).encode()
-
-
-@contextlib.contextmanager
-def webhook(work: Path, store: Path) -> Iterator[tuple[int, ssl.SSLContext]]:
-    """A real ``thaw webhook serve`` on 127.0.0.1 with freshly generated certificates."""
-    thaw = [sys.executable, "-m", "thaw.cli"]
-    certs = work / "certs"
-    subprocess.run(
-        [*thaw, "certs", "generate", "--hosts", "127.0.0.1", "--out", str(certs)],
-        check=True,
-        capture_output=True,
-    )
-    port_file = work / "webhook.port"
-    log = (work / "webhook.log").open("wb")
-    serve = ["webhook", "serve", "--listen", "127.0.0.1:0", "--port-file", str(port_file)]
-    tls = ["--tls-cert", str(certs / "tls.crt"), "--tls-key", str(certs / "tls.key")]
-    proc = subprocess.Popen(
-        [*thaw, *serve, *tls, "--snapshots", str(store), "--sidecar-mode", "container"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while not (port_file.exists() and port_file.read_text().strip()):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"webhook did not start; see {work / 'webhook.log'}")
-            time.sleep(0.05)
-        yield int(port_file.read_text()), ssl.create_default_context(cafile=str(certs / "ca.crt"))
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=10)
-        log.close()
-
-
-def admit(port: int, ctx: ssl.SSLContext, pod: dict[str, Any], uid: str) -> dict[str, Any]:
-    """POST one AdmissionReview; return the pod with the webhook's patch applied."""
-    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
-    try:
-        conn.request(
-            "POST",
-            "/mutate?timeout=5s",
-            body=review(pod, uid),
-            headers={"Content-Type": "application/json"},
-        )
-        answer = json.loads(conn.getresponse().read())["response"]
-    finally:
-        conn.close()
-    if not answer.get("patch"):
-        return pod
-    patch = jsonpatch.JsonPatch(json.loads(base64.b64decode(answer["patch"])))
-    return patch.apply(pod)
-
-
-def describe(pod: dict[str, Any]) -> str:
-    ann = pod["metadata"].get("annotations", {})
-    names = [c["name"] for c in pod["spec"].get("initContainers", [])]
-    names += [c["name"] for c in pod["spec"]["containers"]]
-    mode = ann.get(contract.ANNOTATION_INJECTED, "not injected")
-    snap = ann.get(contract.ANNOTATION_SNAPSHOT)
-    return f"mode={mode}" + (f" snapshot={snap}" if snap else "") + f" containers={names}"
-
-
-def target_argv(pod: dict[str, Any]) -> list[str]:
-    """The user's argv, recovered from the launcher the webhook put in front of it."""
-    container = next(c for c in pod["spec"]["containers"] if c["name"] == CONTAINER)
-    argv = launch.original_argv(container["command"])
-    if argv is None:
-        raise RuntimeError("the webhook did not wrap the worker's command")
-    return argv
-
-
-def drop_page_cache() -> bool:
-    try:
-        os.sync()
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-        return True
-    except OSError:
-        return False
-
-
 def run(args: argparse.Namespace) -> int:
     if not args.verbose:  # the agent's per-phase logs are for -v; the demo prints its own story
         logging.getLogger().setLevel(logging.WARNING)
@@ -199,9 +107,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, work: Path, store: Path) -> int:
+    if args.engine == "llm":
+        return _run_llm(args, work, store)
     pod = sample_pod(args)
     print(f"thaw demo: sample worker with {args.state_mb} MB of state, {args.warmup_rounds} rounds")
-    with webhook(work, store) as (port, ctx):
+    with local_webhook(work, store) as (port, ctx):
         first = admit(port, ctx, pod, "replica-1")
         print(f"[webhook] replica 1 -> {describe(first)}")
         if os.geteuid() != 0:
@@ -209,8 +119,31 @@ def _run(args: argparse.Namespace, work: Path, store: Path) -> int:
             return 0
         key = first["metadata"]["annotations"][contract.ANNOTATION_SNAPSHOT_KEY]
         result = _checkpoint_and_restore(args, work, port, ctx, pod, key)
-    _print_table(args, result)
+    cache = "page cache dropped first" if result["cache_dropped"] else "page cache NOT dropped"
+    print_table(
+        [
+            ("cold start (to warm)", f"{result['cold_s']:.2f} s"),
+            ("checkpoint (agent)", f"{result['checkpoint_s']:.2f} s"),
+            (f"restore (to first answer, {cache})", f"{result['restore_s']:.2f} s"),
+            ("speed-up", f"{result['cold_s'] / result['restore_s']:.1f}x"),
+            ("snapshot size", f"{result['snapshot_bytes'] / 1e6:.0f} MB"),
+            ("restored state == source state", "yes" if result["state_match"] else "NO"),
+        ]
+    )
     return 0 if result["state_match"] else 1
+
+
+def _run_llm(args: argparse.Namespace, work: Path, store: Path) -> int:
+    print("thaw demo: transformers serve (unmodified) with SmolLM2-135M-Instruct")
+    with local_webhook(work, store) as (port, ctx):
+        if os.geteuid() != 0:
+            print("not root: CRIU and namespaces need root; stopping before the engine starts")
+            return 0
+        from thaw.demo_llm import run_llm  # needs CRIU's bindings, which only root can use
+
+        result = run_llm(args, work, port, ctx)
+    print_table(result["rows"])
+    return 0 if result["ok"] else 1
 
 
 def _checkpoint_and_restore(
@@ -295,16 +228,7 @@ def _checkpoint_and_restore(
         agent.stop(wait=True)
 
 
-def _print_table(args: argparse.Namespace, r: dict[str, Any]) -> None:
-    cache = "page cache dropped first" if r["cache_dropped"] else "page cache NOT dropped"
-    rows = [
-        ("cold start (to warm)", f"{r['cold_s']:.2f} s"),
-        ("checkpoint (agent)", f"{r['checkpoint_s']:.2f} s"),
-        (f"restore (to first answer, {cache})", f"{r['restore_s']:.2f} s"),
-        ("speed-up", f"{r['cold_s'] / r['restore_s']:.1f}x"),
-        ("snapshot size", f"{r['snapshot_bytes'] / 1e6:.0f} MB"),
-        ("restored state == source state", "yes" if r["state_match"] else "NO"),
-    ]
+def print_table(rows: list[tuple[str, str]]) -> None:
     width = max(len(k) for k, _ in rows)
     print()
     vwidth = max(len(v) for _, v in rows)

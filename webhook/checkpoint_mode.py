@@ -15,6 +15,7 @@ from thaw.launch import checkpoint_wrapper
 from webhook.config import InjectConfig
 from webhook.decision import Decision
 from webhook.sidecar import control_mount, place_sidecar, sidecar_container
+from webhook.warm import sidecar_env
 
 
 def thaw_env(decision: Decision, mode: contract.InjectedMode) -> list[dict[str, Any]]:
@@ -41,9 +42,12 @@ def wire_pod(
     decision: Decision,
     config: InjectConfig,
     mode: contract.InjectedMode,
-    extra_target_env: tuple[dict[str, Any], ...] = (),
+    extra_env: tuple[dict[str, Any], ...] = (),
 ) -> dict[str, Any]:
-    """Steps shared by both modes; mutates ``pod`` (a private copy) and returns the target."""
+    """Steps shared by both modes; mutates ``pod`` (a private copy) and returns the target.
+
+    ``extra_env`` goes to both the target and the sidecar.
+    """
     meta, spec = pod.setdefault("metadata", {}), pod["spec"]
     # Which snapshot a pod restores is the webhook's choice alone: a value the
     # pod's author wrote is dropped here (restore mode then sets its own).
@@ -62,9 +66,10 @@ def wire_pod(
         {"name": contract.CONTROL_VOLUME, "emptyDir": {}},
     ]
     target = target_container(spec, decision)
-    target["env"] = [*(target.get("env") or ()), *thaw_env(decision, mode), *extra_target_env]
+    target["env"] = [*(target.get("env") or ()), *thaw_env(decision, mode), *extra_env]
     target["volumeMounts"] = [*(target.get("volumeMounts") or ()), control_mount()]
-    sidecar = sidecar_container(config, thaw_env(decision, mode), decision.container, spec)
+    env = [*thaw_env(decision, mode), *extra_env, *sidecar_env(decision.warm)]
+    sidecar = sidecar_container(config, env, decision.container, spec)
     place_sidecar(spec, sidecar, config)
     return target
 

@@ -8,48 +8,26 @@ annotation, so "why was my pod not thawed?" has an answer without logs.
 (``NO_READY_SNAPSHOT``): the pod runs exactly as written. Restore mode means
 "use a snapshot, never take one" - checkpointing pauses the worker while it
 is dumped, which a user asking only for restores did not agree to.
+
+A pod must also say how its warmth is seen (``webhook.warm``): by default its
+own readinessProbe, which the sidecar runs; without one the sidecar could
+never tell, and the pod is skipped with a reason that says what to add.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import enum
 from typing import Any
 
 from thaw import contract
 from webhook.config import InjectConfig
+from webhook.reasons import INJECTING, Reason, Refused
 from webhook.snapshot_key import snapshot_key
 from webhook.snapshots import SnapshotRef, SnapshotView
+from webhook.warm import WarmPlan, warm_plan
 
 INJECTED_NAMES = frozenset({contract.SIDECAR_CONTAINER, contract.RESTORE_CONTAINER})
 INJECTED_VOLUMES = frozenset({contract.CONTROL_VOLUME, contract.STORE_VOLUME})
-
-
-class Reason(enum.StrEnum):
-    # Injected.
-    CHECKPOINT_NO_SNAPSHOT = "checkpoint-no-snapshot"  # auto mode, nothing to restore yet
-    CHECKPOINT_FORCED = "checkpoint-forced"  # mode: checkpoint
-    RESTORE_SNAPSHOT_READY = "restore-snapshot-ready"
-    # Skipped: pod left exactly as it is.
-    NOT_A_POD = "not-a-pod"
-    NOT_CREATE = "not-create"
-    NO_OPT_IN = "no-opt-in"
-    MODE_OFF = "mode-off"
-    UNKNOWN_MODE = "unknown-mode"
-    EXCLUDED_NAMESPACE = "excluded-namespace"
-    ALREADY_INJECTED = "already-injected"
-    MALFORMED_POD = "malformed-pod"
-    CONTAINER_NOT_FOUND = "container-not-found"
-    NO_COMMAND = "no-command"
-    NAME_CONFLICT = "name-conflict"
-    NO_READY_SNAPSHOT = "no-ready-snapshot"  # mode: restore, nothing Ready
-    SNAPSHOTS_NOT_SYNCED = "snapshots-not-synced"  # cache never listed: cannot tell
-    INTERNAL_ERROR = "internal-error"  # a bug; the pod is still admitted unchanged
-
-
-INJECTING = frozenset(
-    {Reason.CHECKPOINT_NO_SNAPSHOT, Reason.CHECKPOINT_FORCED, Reason.RESTORE_SNAPSHOT_READY}
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +37,7 @@ class Decision:
     container: str = ""  # target container name
     key: str = ""  # snapshot key (computed on the original pod)
     snapshot: SnapshotRef | None = None  # restore mode only
+    warm: WarmPlan | None = None  # what the sidecar watches for (both modes)
 
     @property
     def inject(self) -> bool:
@@ -131,6 +110,10 @@ def decide(
     clash = _name_clash(spec, target)
     if clash:
         return skip(Reason.NAME_CONFLICT, clash)
+    try:
+        warm = warm_plan(annotations, target)
+    except Refused as e:
+        return skip(e.reason, e.detail)
 
     if mode is not contract.Mode.CHECKPOINT and not getattr(snapshots, "synced", True):
         # Without a first list "no snapshot" would be a guess that costs a needless
@@ -139,7 +122,7 @@ def decide(
     key = snapshot_key(namespace, spec, target)
     found = None if mode is contract.Mode.CHECKPOINT else snapshots.find_ready(key, namespace)
     if found is not None:
-        return Decision(Reason.RESTORE_SNAPSHOT_READY, found.name, wanted, key, found)
+        return Decision(Reason.RESTORE_SNAPSHOT_READY, found.name, wanted, key, found, warm)
     if mode is contract.Mode.RESTORE:
         return skip(Reason.NO_READY_SNAPSHOT, f"key {key}")
     reason = (
@@ -147,7 +130,7 @@ def decide(
         if mode is contract.Mode.CHECKPOINT
         else Reason.CHECKPOINT_NO_SNAPSHOT
     )
-    return Decision(reason, f"key {key}", wanted, key)
+    return Decision(reason, f"key {key}", wanted, key, warm=warm)
 
 
 def _name_clash(spec: dict[str, Any], target: dict[str, Any]) -> str:

@@ -39,16 +39,16 @@ def control_mount() -> dict[str, Any]:
     return {"name": contract.CONTROL_VOLUME, "mountPath": contract.CONTROL_DIR}
 
 
+def _field(path: str) -> dict[str, Any]:
+    return {"fieldRef": {"apiVersion": "v1", "fieldPath": path}}
+
+
 def downward_env(target: str) -> list[dict[str, Any]]:
     """Who the injected containers serve: pod, namespace, node, target container."""
-
-    def field(path: str) -> dict[str, Any]:
-        return {"fieldRef": {"apiVersion": "v1", "fieldPath": path}}
-
     return [
-        {"name": contract.ENV_POD_NAME, "valueFrom": field("metadata.name")},
-        {"name": contract.ENV_POD_NAMESPACE, "valueFrom": field("metadata.namespace")},
-        {"name": contract.ENV_NODE_NAME, "valueFrom": field("spec.nodeName")},
+        {"name": contract.ENV_POD_NAME, "valueFrom": _field("metadata.name")},
+        {"name": contract.ENV_POD_NAMESPACE, "valueFrom": _field("metadata.namespace")},
+        {"name": contract.ENV_NODE_NAME, "valueFrom": _field("spec.nodeName")},
         {"name": contract.ENV_TARGET_CONTAINER, "value": target},
     ]
 
@@ -56,13 +56,18 @@ def downward_env(target: str) -> list[dict[str, Any]]:
 def sidecar_container(
     config: InjectConfig, env: list[dict[str, Any]], target: str, pod_spec: dict[str, Any]
 ) -> dict[str, Any]:
-    """``thaw-sidecar``; ``env`` is the thaw env the target container also gets."""
+    """``thaw-sidecar``; ``env``: the thaw env the target also gets, then the warm plan's.
+
+    It probes the worker at the pod IP, as the kubelet does (the worker may not
+    listen on loopback).
+    """
+    pod_ip = {"name": contract.ENV_POD_IP, "valueFrom": _field("status.podIP")}
     container: dict[str, Any] = {
         "name": contract.SIDECAR_CONTAINER,
         "image": config.sidecar_image,
         "imagePullPolicy": "IfNotPresent",
         "command": list(contract.SIDECAR_ARGV),
-        "env": [*env, *downward_env(target)],
+        "env": [*env, *downward_env(target), pod_ip],
         "ports": [{"name": PORT_NAME, "containerPort": contract.SIDECAR_PORT, "protocol": "TCP"}],
         "readinessProbe": {
             "httpGet": {"path": contract.SIDECAR_READY_PATH, "port": contract.SIDECAR_PORT},

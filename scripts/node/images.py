@@ -6,6 +6,9 @@ thaw    the same base + criu/pycriu from apt (images/agent) + the project's Pyth
         dependencies (pip, cp313 wheels) + the thaw package itself; runs the
         webhook and the injected sidecar as uid 65532.
 thaw-agent  the same layers, run as root: the node agent.
+transformers-serve  Debian bookworm minbase + python3 (images/engine) + torch (CPU) and
+        transformers[serving] (pip, cp311) + SmolLM2-135M-Instruct converted to safetensors
+        (thaw.engine_model): a stock `transformers serve` image with no thaw code in it.
 
 Each layer is cached under $THAW_CACHE/images/layers/<name>-<key>/, where the
 key hashes everything that goes into it (recipe files, package lists, source
@@ -26,10 +29,13 @@ import subprocess
 import sys
 import tomllib
 from collections.abc import Iterable
+from importlib import metadata
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import oci
+
+from thaw import engine_model
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGES_DIR = REPO / "images"
@@ -50,7 +56,11 @@ def debian_mirror() -> str:
 STRIP = ("usr/share/doc", "usr/share/man", "usr/share/info", "var/cache/apt", "var/lib/apt/lists")
 THAW_SOURCES = ("thaw", "webhook", "agent", "sidecar", "certs")
 REF_PREFIX = "localhost/thaw"
-IMAGE_NAMES = ("pause", "worker", "thaw", "thaw-agent")
+IMAGE_NAMES = ("pause", "worker", "thaw", "thaw-agent", "transformers-serve")
+ENGINE_SUITE = "bookworm"
+ENGINE_PY_VERSION = "3.11"
+ENGINE_PY_SITE = "usr/local/lib/python3.11/dist-packages"
+MODEL_PATH = "/models/smollm2-135m-instruct"  # where the engine image holds its model
 
 
 def cache_root() -> Path:
@@ -155,10 +165,10 @@ def pause_layer(node_root: Path) -> CachedLayer:
     return _finish(dirpath, root, keep_rootfs=False, overlay_upper=False)
 
 
-def base_layer(node_root: Path) -> CachedLayer:
-    pkgs = packages(IMAGES_DIR / "base" / "packages")
-    key = digest_of(SUITE, ",".join(pkgs), ",".join(STRIP))
-    dirpath, cached = _fresh("base", key)
+def base_layer(node_root: Path, recipe: str = "base", suite: str = SUITE) -> CachedLayer:
+    pkgs = packages(IMAGES_DIR / recipe / "packages")
+    key = digest_of(suite, ",".join(pkgs), ",".join(STRIP))
+    dirpath, cached = _fresh(recipe, key)
     if cached:
         return cached
     root = dirpath / "build"
@@ -166,7 +176,7 @@ def base_layer(node_root: Path) -> CachedLayer:
     debs.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, DEBOOTSTRAP_DIR=str(node_root / "usr/share/debootstrap"))
     cmd = [str(node_root / "usr/sbin/debootstrap"), "--variant=minbase", f"--keyring={KEYRING}"]
-    cmd += [f"--cache-dir={debs}", f"--include={','.join(pkgs)}", SUITE, str(root), debian_mirror()]
+    cmd += [f"--cache-dir={debs}", f"--include={','.join(pkgs)}", suite, str(root), debian_mirror()]
     _run(cmd, env=env, stdout=subprocess.DEVNULL)
     for rel in STRIP:
         for child in (root / rel).glob("*"):
@@ -178,14 +188,25 @@ def base_layer(node_root: Path) -> CachedLayer:
 
 _APT_IN_OVERLAY = r"""
 set -euo pipefail
-lower=$1 upper=$2 work=$3 merged=$4; shift 4
+lower=$1 upper=$2 work=$3 merged=$4 mirror=$5; shift 5
 mount -t overlay overlay -o "lowerdir=$lower,upperdir=$upper,workdir=$work" "$merged"
 mount -t proc proc "$merged/proc"
 mount --rbind /dev "$merged/dev"
 cp /etc/resolv.conf "$merged/etc/resolv.conf"
 export DEBIAN_FRONTEND=noninteractive LC_ALL=C
-chroot "$merged" apt-get -q update >/dev/null
+# The archive may be a dated mirror: sid's Release files carry a Valid-Until.
+fresh=(-o Acquire::Check-Valid-Until=false)
+sid=$1; shift
+chroot "$merged" apt-get -q "${fresh[@]}" update >/dev/null
 chroot "$merged" apt-get -q install -y --no-install-recommends "$@" >/dev/null
+# CRIU from sid (with the newer libraries it needs), the image's own sources only.
+echo "deb $mirror sid main" >"$merged/etc/apt/sources.list.d/sid.list"
+chroot "$merged" apt-get -q "${fresh[@]}" update >/dev/null
+# pkg/sid takes only these from sid; their dependencies come from trixie where it suffices.
+# shellcheck disable=SC2086
+chroot "$merged" apt-get -q install -y --no-install-recommends ${sid// //sid }/sid >/dev/null
+rm "$merged/etc/apt/sources.list.d/sid.list"
+chroot "$merged" criu --version | grep -Eq 'Version: (4\.([2-9]|[1-9][0-9])|[5-9])'
 chroot "$merged" apt-get clean
 rm -rf "$merged/var/lib/apt/lists/"* "$merged/etc/resolv.conf" "$merged/var/log/"*
 rm -rf "$merged/usr/share/doc/"* "$merged/usr/share/man/"*
@@ -195,7 +216,8 @@ rm -rf "$merged/usr/share/doc/"* "$merged/usr/share/man/"*
 def apt_layer(base: CachedLayer) -> CachedLayer:
     """Packages installed with apt in a chroot over the base; the overlay upper dir is the layer."""
     pkgs = packages(IMAGES_DIR / "agent" / "packages")
-    key = digest_of(base.layer.digest, ",".join(pkgs))
+    sid = packages(IMAGES_DIR / "agent" / "packages-sid")
+    key = digest_of(base.layer.digest, ",".join(pkgs), "sid:" + ",".join(sid), _APT_IN_OVERLAY)
     dirpath, cached = _fresh("apt", key)
     if cached:
         return cached
@@ -207,7 +229,8 @@ def apt_layer(base: CachedLayer) -> CachedLayer:
     _run(
         [
             *("unshare", "--mount", "--propagation", "private", "bash", "-c", _APT_IN_OVERLAY),
-            *("apt", str(base.rootfs), str(upper), str(work), str(merged), *pkgs),
+            *("apt", str(base.rootfs), str(upper), str(work), str(merged), debian_mirror()),
+            *(" ".join(sid), *pkgs),
         ]
     )
     _rmtree_root(work)
@@ -277,6 +300,53 @@ def worker_layer() -> CachedLayer:
     return _finish(dirpath, root, keep_rootfs=False, overlay_upper=False)
 
 
+def engine_pip_layer() -> CachedLayer:
+    """torch (CPU) and transformers[serving], as the venv has them, for bookworm's Python."""
+    meta = tomllib.loads((REPO / "pyproject.toml").read_text())
+    deps = list(meta["project"]["optional-dependencies"]["engine"])
+    pins = [f"transformers[serving]=={metadata.version('transformers')}"]
+    key = digest_of(ENGINE_PY_VERSION, "\n".join(deps), *pins)
+    dirpath, cached = _fresh("engine-pip", key)
+    if cached:
+        return cached
+    root = dirpath / "build"
+    target = root / ENGINE_PY_SITE
+    cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-compile", "--target", str(target)]
+    cmd += ["--python-version", ENGINE_PY_VERSION, "--implementation", "cp"]
+    cmd += ["--only-binary=:all:"]
+    for plat in ("manylinux2014_x86_64", "manylinux_2_28_x86_64", "manylinux_2_34_x86_64"):
+        cmd += ["--platform", plat]
+    _run([*cmd, *deps, *pins])
+    shutil.rmtree(target / "bin", ignore_errors=True)
+    # The `transformers` command, as pip would install it for the image's own Python.
+    launcher = root / "usr/local/bin/transformers"
+    launcher.parent.mkdir(parents=True)
+    launcher.write_text(_TRANSFORMERS_LAUNCHER)
+    launcher.chmod(0o755)
+    return _finish(dirpath, root, keep_rootfs=False, overlay_upper=False)
+
+
+_TRANSFORMERS_LAUNCHER = """#!/usr/bin/python3
+import sys
+
+from transformers.cli.transformers import main
+
+sys.exit(main())
+"""
+
+
+def model_layer() -> CachedLayer:
+    """SmolLM2-135M-Instruct (safetensors) at MODEL_PATH."""
+    source = engine_model.ensure()
+    key = digest_of(source.name)
+    dirpath, cached = _fresh("model", key)
+    if cached:
+        return cached
+    root = dirpath / "build"
+    shutil.copytree(source, root / MODEL_PATH.lstrip("/"))
+    return _finish(dirpath, root, keep_rootfs=False, overlay_upper=False)
+
+
 # --- images -------------------------------------------------------------------
 
 
@@ -316,6 +386,12 @@ def build(node_root: Path, which: Iterable[str]) -> dict[str, dict[str, str]]:
             out["thaw"] = compose("thaw", layers, cfg)
         if "thaw-agent" in which:
             out["thaw-agent"] = compose("thaw-agent", layers, oci.ImageConfig(("thaw",), env=env))
+    if "transformers-serve" in which:
+        engine_base = base_layer(node_root, "engine", ENGINE_SUITE)
+        env = (*oci.ImageConfig().env, "PYTHONUNBUFFERED=1", "HF_HUB_OFFLINE=1")
+        cfg = oci.ImageConfig(entrypoint=("transformers", "serve"), env=env)
+        layers = [engine_base, engine_pip_layer(), model_layer()]
+        out["transformers-serve"] = compose("transformers-serve", layers, cfg)
     return out
 
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from agent import procfs
+from agent import doctor, procfs
 from agent.local import start_checkpoint_pod, start_restore_pod
 from tests.support.workers import worker_argv
 from thaw import sample_worker
@@ -122,3 +122,79 @@ def test_verify_refuses_tampered_snapshot(criu_ready, tmp_path):
     rst = thaw("snapshot", "restore", str(folder), check=False)
     assert rst.returncode != 0 and "refused" in rst.stderr
     assert not procfs.alive(proc.pid)  # nothing was restored
+
+
+# --- thaw agent doctor -------------------------------------------------------------------
+
+
+def test_doctor_dumps_and_restores_real_sockets(criu_ready):
+    report = json.loads(thaw("agent", "doctor").stdout)
+    assert report["ok"] and report["criu"] == criu_ready[1], report
+    assert [c["name"] for c in report["checks"]] == list(doctor.CHECKS)
+    failed = [c for c in report["checks"] if not c["ok"]]
+    assert not failed, failed
+    assert "tcp, udp, unix answer" in report["checks"][-1]["detail"]
+
+
+def test_doctor_names_the_failing_check(criu_ready, tmp_path):
+    env = {**os.environ, "THAW_CRIU": str(tmp_path / "no-criu")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "thaw.cli", "agent", "doctor"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert proc.returncode == 1
+    report = json.loads(proc.stdout)
+    first, *rest = report["checks"]
+    assert first["name"] == "criu-version" and not first["ok"]
+    assert "cannot run CRIU" in first["detail"] and "no-criu" in first["detail"]
+    assert [c["name"] for c in rest] == list(doctor.CHECKS[1:])
+    assert all(not c["ok"] and c["detail"].startswith("skipped") for c in rest)
+    assert report["reason"].startswith("criu-version: cannot run CRIU")
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("thaw: doctor: criu-version")
+
+
+def test_doctor_version_only_for_image_builds(criu_ready):
+    report = json.loads(thaw("agent", "doctor", "--version-only").stdout)
+    assert report["ok"] and [c["name"] for c in report["checks"]] == ["criu-version"]
+
+
+def test_agent_refuses_every_pod_when_its_self_test_fails(
+    criu_ready, local_root, pods, expected_state, tmp_path
+):
+    """An agent whose socket self-test cannot run (here: no tools on its PATH to start the
+    throw-away server) says why, and every pod goes on cold instead of meeting CRIU."""
+    empty = tmp_path / "empty-path"
+    empty.mkdir()
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "thaw.cli", "agent", "run", "--local", str(local_root)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PATH": str(empty)},
+    )
+    try:
+        src = start_checkpoint_pod(local_root, "src", worker_argv(), key="k-refused")
+        pods.append(src)
+        done = json.loads(src.wait_signal(Signal.CHECKPOINT_COMPLETE, 60))
+        assert done["ok"] is False
+        assert "socket self-test failed (dump-tcp: cannot start the probe" in done["error"]
+        assert "No such file or directory" in done["error"]
+        c0 = sample_worker.query(str(src.control), "counter")["counter"]
+        time.sleep(0.3)
+        assert sample_worker.query(str(src.control), "counter")["counter"] > c0  # resumed
+
+        dst = start_restore_pod(local_root, "dst", worker_argv(), key="k-refused")
+        pods.append(dst)
+        failed = json.loads(dst.wait_signal(Signal.RESTORE_FAILED, 60))
+        assert "socket self-test failed" in failed["reason"]
+        state = sample_worker.query(str(dst.control), "state", timeout=60)
+        assert state["sha256"] == expected_state  # cold start
+        assert "cold start" in dst.box.log()
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        log = agent.communicate(timeout=30)[1]
+    assert "every checkpoint and restore is refused" in log, log
+    assert not (local_root / "store").exists() or not list((local_root / "store").glob("k-*"))

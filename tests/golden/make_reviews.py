@@ -56,6 +56,23 @@ def container(name, image, command=None, args=None, sa="kube-api-access-7xq2k", 
     return c
 
 
+def probe(handler, period=10):
+    """A readinessProbe as the API server stores it: every default filled in."""
+    return {
+        **handler,
+        "initialDelaySeconds": 0,
+        "timeoutSeconds": 1,
+        "periodSeconds": period,
+        "successThreshold": 1,
+        "failureThreshold": 3,
+    }
+
+
+def http_probe():
+    """vLLM's health endpoint on the container's named port."""
+    return probe({"httpGet": {"path": "/health", "port": "http", "scheme": "HTTP"}}, 5)
+
+
 def sa_volume(name="kube-api-access-7xq2k"):
     return {
         "name": name,
@@ -130,6 +147,7 @@ def deployment_pod(
                     },
                 ],
                 ports=[{"name": "http", "containerPort": 8000, "protocol": "TCP"}],
+                readinessProbe=http_probe(),
                 resources={
                     "limits": {"nvidia.com/gpu": "1", "memory": "32Gi"},
                     "requests": {"nvidia.com/gpu": "1", "memory": "32Gi", "cpu": "4"},
@@ -236,8 +254,41 @@ case(
     review(deployment_pod(annotations={"thaw.dev/mode": "checkpoint"})),
     snapshots=READY,
 )
+case(
+    "checkpoint-vllm-sleep",
+    "vLLM with sleep mode (thaw.dev/engine: vllm) and a 30-minute checkpoint window: the "
+    "sidecar gets the probe, /sleep?level=1 and /wake_up on the probe's port, and the window",
+    review(
+        deployment_pod(
+            annotations={"thaw.dev/engine": "vllm", "thaw.dev/checkpoint-window": "1800"}
+        )
+    ),
+)
+hook_worker = deployment_pod(
+    annotations={"thaw.dev/warm": "hook"},
+    containers=[
+        container(
+            "worker",
+            "registry.example/llm-worker:1.4",
+            ["python3", "-m", "llm_worker"],
+            ["--model", "/models/llama"],
+            resources={"limits": {"nvidia.com/gpu": "1"}},
+            volumeMounts=[{"name": "models", "mountPath": "/models", "readOnly": True}],
+        )
+    ],
+)
+case(
+    "checkpoint-hook",
+    "a thaw-aware worker (sidecar.hooks writes ready-for-checkpoint) with no readinessProbe: "
+    "thaw.dev/warm: hook, so the sidecar gets no probe, only the checkpoint window",
+    review(hook_worker),
+)
 multi = deployment_pod(
-    annotations={"thaw.dev/container": "worker", "thaw.dev/mode": "auto"},
+    annotations={
+        "thaw.dev/container": "worker",
+        "thaw.dev/mode": "auto",
+        "thaw.dev/engine": "sglang",
+    },
     init=[
         container(
             "fetch-weights",
@@ -255,6 +306,8 @@ multi = deployment_pod(
             ["--model-path", "/models/llama"],
             env=[{"name": "CUDA_VISIBLE_DEVICES", "value": "0"}],
             envFrom=[{"configMapRef": {"name": "llm-tuning"}}],
+            ports=[{"name": "api", "containerPort": 30000, "protocol": "TCP"}],
+            readinessProbe=probe({"tcpSocket": {"port": "api"}}),
             resources={"limits": {"nvidia.com/gpu": "1"}},
             volumeMounts=[
                 {"name": "models", "mountPath": "/models"},
@@ -270,7 +323,8 @@ multi = deployment_pod(
 case(
     "restore-native-multi",
     "two containers, target chosen by annotation, a user init container, Ready snapshot: "
-    "restore mode, native sidecar then thaw-restore before the user's init",
+    "restore mode, native sidecar then thaw-restore before the user's init; SGLang's "
+    "memory release/resume on the port of its tcpSocket probe (named port 'api')",
     review(multi),
     snapshots=READY,
 )
@@ -352,6 +406,35 @@ case(
     snapshots=READY,
 )
 cases["skip-snapshots-not-synced"]["case"]["synced"] = False
+no_probe = deployment_pod()
+del no_probe["spec"]["containers"][0]["readinessProbe"]
+case(
+    "skip-no-warm-signal",
+    "no readinessProbe and no thaw.dev/warm: hook: nothing could tell the sidecar the engine is "
+    "warm, so the pod is left as written (the warning says what to add)",
+    review(no_probe),
+)
+exec_probe = deployment_pod()
+exec_probe["spec"]["containers"][0]["readinessProbe"] = probe(
+    {"exec": {"command": ["curl", "-sf", "localhost:8000/health"]}}
+)
+case(
+    "skip-probe-unsupported",
+    "an exec readinessProbe: the sidecar (another image) cannot run it",
+    review(exec_probe),
+)
+unknown_port = deployment_pod()
+unknown_port["spec"]["containers"][0]["readinessProbe"]["httpGet"]["port"] = "metrics"
+case(
+    "skip-bad-probe",
+    "the httpGet probe names a port the container does not declare",
+    review(unknown_port),
+)
+case(
+    "skip-bad-annotation",
+    "thaw.dev/engine: tgi, an engine without known sleep/wake endpoints",
+    review(deployment_pod(annotations={"thaw.dev/engine": "tgi"})),
+)
 bad = deployment_pod()
 bad["spec"]["containers"][0]["command"] = "python3 -m vllm"
 case("skip-malformed-pod", "command is a string, not a list", review(bad))

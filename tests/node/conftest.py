@@ -24,6 +24,8 @@ import cluster  # noqa: E402
 import thaw_release as tr  # noqa: E402
 from node_support import TIMINGS, record  # noqa: E402
 
+import images  # noqa: E402
+
 
 def _cache() -> Path:
     return Path(os.environ.get("THAW_CACHE", Path.home() / ".cache" / "thaw"))
@@ -57,11 +59,11 @@ def node_images() -> tuple[cluster.Paths, dict[str, Any]]:
         _skip_or_fail(reason)
     t0 = time.monotonic()
     try:
-        paths, images = cluster.prepare()
+        paths, built = cluster.prepare(images.IMAGE_NAMES)
     except Exception as exc:  # a failed download or build is a failure, not a skip
         pytest.fail(f"preparing the node (install.sh, images.py) failed: {exc}", pytrace=False)
     record("install_and_images_s", time.monotonic() - t0)
-    return paths, images
+    return paths, built
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from thaw.contract import ENV_CONTROL_DIR, ENV_MODE, Signal
+from thaw.contract import ENV_CONTROL_DIR, ENV_MODE, AbandonReason, Signal
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("hook_worker.py")
@@ -98,6 +98,33 @@ def test_timeout_resumes_and_raises(tmp_path: Path) -> None:
     assert rc == 3 and out["error"] == "timeout"
     assert "engine resumed" in out["message"]
     assert events(tmp_path) == ["quiesce", "resume"]
+    # Said out loud, so the sidecar stops holding the pod Not Ready and no agent dumps it.
+    abandoned = json.loads((tmp_path / "control" / Signal.CHECKPOINT_ABANDONED.value).read_text())
+    assert abandoned["reason"] == AbandonReason.HOOK_TIMEOUT and abandoned["by"] == "hook"
+    assert "engine resumed" in abandoned["detail"]
+
+
+def test_abandoned_checkpoint_is_not_waited_for(tmp_path: Path) -> None:
+    control = tmp_path / "control"
+    control.mkdir()
+    (control / Signal.CHECKPOINT_ABANDONED.value).write_text('{"reason": "warm-window-expired"}')
+    rc, out = finish(start(tmp_path))
+    assert rc == 0 and out["event"] == "abandoned" and out["ok"] is False
+    assert out["detail"] == {"reason": "warm-window-expired"}
+    assert events(tmp_path) == ["serving"]  # never quiesced
+    assert not (control / Signal.READY_FOR_CHECKPOINT.value).exists()
+
+
+def test_abandoned_while_waiting_resumes(tmp_path: Path) -> None:
+    """The sidecar's checkpoint deadline passed: stop waiting, resume, serve."""
+    proc = start(tmp_path)
+    wait_for(tmp_path / "control" / Signal.READY_FOR_CHECKPOINT.value)
+    payload = '{"reason": "checkpoint-deadline", "by": "sidecar"}'
+    (tmp_path / "control" / Signal.CHECKPOINT_ABANDONED.value).write_text(payload)
+    rc, out = finish(proc)
+    assert rc == 0 and out["event"] == "abandoned" and not out["ok"]
+    assert out["detail"]["reason"] == "checkpoint-deadline"
+    assert events(tmp_path) == ["quiesce", "resume", "serving"]
 
 
 def test_frozen_time_is_not_counted(tmp_path: Path) -> None:
