@@ -14,7 +14,10 @@ from thaw.contract import (
     ENV_RETENTION_MAX_AGE_HOURS,
     ENV_RETENTION_MAX_PER_KEY,
     ENV_SIGNING_KEY_FILE,
+    Manifest,
+    ManifestError,
 )
+from thaw.safe_files import read_manifest_bytes
 
 log = logging.getLogger(__name__)
 
@@ -202,13 +205,17 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
 
 def cmd_restore(args: argparse.Namespace) -> int:
     from agent.criu import CriuMissing
-    from agent.restore import RestoreError, restore
+    from agent.restore import RestoreError, placeholder_lock, restore
 
     problem = _check_signature(Path(args.dir), args.public_key)
     if problem:
         return _fail(problem)
     try:
-        result = restore(Path(args.dir), into=args.into)
+        if args.into is None:
+            result = restore(Path(args.dir))
+        else:
+            with placeholder_lock(args.into) as fds:
+                result = restore(Path(args.dir), into=args.into, hold_fds=fds)
     except (RestoreError, CriuMissing) as e:
         return _fail(str(e))
     _emit(result.summary())
@@ -251,10 +258,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from thaw.contract import MANIFEST_FILE, Manifest, ManifestError
-
     try:
-        m = Manifest.from_json((Path(args.dir) / MANIFEST_FILE).read_bytes())
+        m = Manifest.from_json(read_manifest_bytes(Path(args.dir)))
     except (OSError, ManifestError) as e:
         return _fail(f"{args.dir}: {e}")
     print(m.to_json(), end="")

@@ -209,7 +209,9 @@ def _dump(
 
 
 def _box(control: Path, argv: list[str]) -> Box:
-    return Box(argv, control, name=f"doctor-{control.name}", die_with_parent=True)
+    # A bound root: the agent may itself run in a container whose / is an overlay.
+    name = f"doctor-{control.name}"
+    return Box(argv, control, name=name, die_with_parent=True, bind_root=True)
 
 
 def _probe_pid(box: Box, control: Path) -> int:

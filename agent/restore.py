@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import json
 import logging
 import os
@@ -29,21 +30,25 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pycriu.rpc_pb2 as rpc
 
 from agent import criu, leftovers, procfs, rootfs
+from agent.pods import control_via_proc, open_control_file
 from agent.steps import RestoreContext, Step, default_steps
 from agent.store import SnapshotInvalid, verify
 from thaw.contract import (
+    AGENT_LOCK_FILE,
     CRIU_IMAGES_DIR,
     MANIFEST_FILE,
     PROCESS_INFO_FILE,
+    RESTORE_LOCK_DIR,
     ROOTFS_DIFF_FILE,
     SHM_FILE,
     Manifest,
+    Signal,
 )
 
 RESTORE_OPTS = {
@@ -69,6 +74,70 @@ def shm_request(folder: Path, manifest: Manifest) -> dict | None:
 
 class RestoreError(RuntimeError):
     """The restore did not produce a running worker; the message says why."""
+
+
+@contextlib.contextmanager
+def placeholder_lock(into: int, lock_dir: Path = Path(RESTORE_LOCK_DIR)) -> Iterator[tuple]:
+    """Own placeholder ``into`` for one restore, or raise RestoreError saying who does.
+
+    Two restores into one placeholder race: the loser's cleanup kills what CRIU made
+    in the namespace, which is the winner's worker. So a restore holds a host lock per
+    placeholder process and the pod's own agent lock (the daemon's, when the control
+    dir is reachable through ``/proc``), and refuses a pod that says it was restored
+    (``restore`` itself refuses a namespace whose snapshot pids are taken). Never waits:
+    a busy placeholder is refused at once. Yields the lock fds, to be held by the CRIU
+    helper too (``restore(hold_fds=...)``).
+    """
+    who = leftovers.identity(into)
+    if who is None:
+        raise RestoreError(f"placeholder process {into} does not exist")
+    fds: list[int] = []
+    try:
+        try:
+            lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            path = lock_dir / f"{who[0]}-{who[1]}.lock"
+            fds.append(open_control_file(path, os.O_RDWR | os.O_CREAT))
+        except OSError as e:  # e.g. a read-only root: the pod's own lock must do
+            host_error = f"{lock_dir}: {e.strerror or e}"
+        else:
+            host_error = ""
+            _try_flock(fds[-1], f"another restore into placeholder {into} is in progress")
+        try:
+            control = control_via_proc(into)
+            fds.append(open_control_file(control / AGENT_LOCK_FILE, os.O_RDWR | os.O_CREAT))
+        except OSError:  # not a thaw pod (a plain process): the host lock is all there is
+            control = None
+            if host_error:
+                raise RestoreError(f"cannot lock placeholder {into}: {host_error}") from None
+        else:
+            _try_flock(fds[-1], f"the agent or another restore is working on placeholder {into}")
+        problem = _already_restored(into, control)
+        if problem:
+            raise RestoreError(f"refused: placeholder {into} {problem}")
+        yield tuple(fds)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _try_flock(fd: int, busy: str) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise RestoreError(busy) from None
+
+
+def _already_restored(into: int, control: Path | None) -> str:
+    """Why ``into``'s pod holds a restored worker already, or "" (see also ``restore``)."""
+    if control is not None and (control / Signal.RESTORE_COMPLETE).exists():
+        return f"was restored already ({Signal.RESTORE_COMPLETE.value} is there)"
+    return ""
+
+
+def _occupied(into: int, pids: set[int]) -> list[int]:
+    """The snapshot's pids that live processes hold in ``into``'s pid namespace."""
+    members = leftovers.ns_members(into)
+    return sorted(ns for host, ns in members.items() if ns in pids and procfs.alive(host))
 
 
 @dataclasses.dataclass
@@ -155,6 +224,13 @@ def restore(
             raise RestoreError(f"cannot clear an earlier attempt: {e}") from e
         if killed:
             log.warning("killed %d leftover task(s) of an earlier restore in %d", len(killed), into)
+    elif into is not None:
+        taken = _occupied(into, pids)
+        if taken:  # a restored worker already runs there: CRIU would fail, and must not try
+            raise RestoreError(
+                f"refused: placeholder {into} already runs a worker (pid {taken[0]} of the "
+                "snapshot's tree is taken in its namespace)"
+            )
     before = {leftovers.identity(p) for p in leftovers.ns_members(into)} if into else set()
     work = Path(tempfile.mkdtemp(prefix="thaw-restore-"))
     try:

@@ -65,9 +65,11 @@ class Box:
         log: Path | None = None,
         network: bool = False,
         die_with_parent: bool = False,
+        bind_root: bool = False,
     ) -> None:
         """``die_with_parent``: the box is killed when the calling thread ends, even by
-        SIGKILL (a throw-away box must not outlive its creator)."""
+        SIGKILL (a throw-away box must not outlive its creator). ``bind_root``: the box
+        sees the host's / itself, writable, instead of an overlay (no rootfs diff)."""
         self.name = name
         self.net: BoxNet | None = None
         self.control = Path(control)
@@ -98,6 +100,8 @@ class Box:
         ]
         binds = ":".join(hidden_in_box(p) for p in (sys.prefix, _PROJECT) if hidden_in_box(p))
         box_env.update({"PYTHONPATH": _PROJECT, sandbox_init.BINDS_ENV: binds})
+        if bind_root:
+            box_env[sandbox_init.ROOT_MODE_ENV] = "bind"
         net_wait, net_go = os.pipe() if network else (-1, -1)
         if network:
             box_env[sandbox_init.NET_FD_ENV] = str(net_wait)

@@ -43,6 +43,9 @@ def _check(rc: int, what: str) -> None:
 
 BINDS_ENV = "THAW_SANDBOX_BINDS"  # host dirs the box must see although the overlay hides them
 NET_FD_ENV = "THAW_SANDBOX_NET_FD"  # read end of a pipe: one byte once the network is up
+# "bind": the box's root is the host's / itself, not an overlay over it. CRIU cannot place a
+# mapped file whose overlay lies over another overlay (an agent running in a container).
+ROOT_MODE_ENV = "THAW_SANDBOX_ROOT"
 NET_WAIT_S = 30.0
 
 
@@ -57,8 +60,11 @@ def setup_root(base: str, control: str, control_in_box: str) -> str:
     """Mount the container's root under BASE/merged and return it."""
     mount("none", "/", None, MS_REC | MS_PRIVATE)
     merged = os.path.join(base, "merged")
-    opts = f"lowerdir=/,upperdir={base}/upper,workdir={base}/work"
-    mount("overlay", merged, "overlay", 0, opts)
+    if os.environ.pop(ROOT_MODE_ENV, "") == "bind":
+        mount("/", merged, None, MS_BIND | MS_REC)
+    else:
+        opts = f"lowerdir=/,upperdir={base}/upper,workdir={base}/work"
+        mount("overlay", merged, "overlay", 0, opts)
     mount("proc", f"{merged}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     mount("/dev", f"{merged}/dev", None, MS_BIND | MS_REC)
     # A pod's /dev/shm is its own tmpfs, not the node's: engines keep semaphores there.

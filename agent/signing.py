@@ -26,11 +26,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from agent.store import SnapshotInvalid
 from thaw.contract import MANIFEST_FILE, MANIFEST_SIGNATURE_FILE, Manifest, ManifestError
+from thaw.safe_files import MAX_SIGNATURE_BYTES, UnsafeFile, read_manifest_bytes, read_small_file
 
 PRIVATE_KEY_FILE = "signing.key"
 PUBLIC_KEY_FILE = "signing.pub"
 SIGNATURE_BYTES = 64
-MAX_SIGNATURE_FILE_BYTES = 1024  # a signature line is ~90 bytes; never read a huge file
+MAX_SIGNATURE_FILE_BYTES = MAX_SIGNATURE_BYTES  # a signature line is ~90 bytes
 
 
 class SigningError(ValueError):
@@ -159,18 +160,19 @@ def verify_signature(snapshot_dir: str | os.PathLike[str], public_key: PublicKey
     folder = Path(snapshot_dir)
     key = public_key if isinstance(public_key, Ed25519PublicKey) else load_public_key(public_key)
     manifest = _read_manifest_bytes(folder)
-    sig_path = folder / MANIFEST_SIGNATURE_FILE
-    if sig_path.is_symlink():
-        raise SignatureInvalid(f"{folder.name}: {MANIFEST_SIGNATURE_FILE} is a symlink")
-    if not sig_path.exists():
+    try:
+        raw = read_small_file(folder / MANIFEST_SIGNATURE_FILE, MAX_SIGNATURE_FILE_BYTES)
+    except FileNotFoundError:
         raise SignatureInvalid(
             f"{folder.name}: unsigned ({MANIFEST_SIGNATURE_FILE} missing) but a public key "
             f"({fingerprint(key)}) is configured: only signed snapshots are restored"
-        )
-    with open(sig_path, "rb") as f:
-        raw = f.read(MAX_SIGNATURE_FILE_BYTES + 1)
-    if len(raw) > MAX_SIGNATURE_FILE_BYTES:
-        raise SignatureInvalid(f"{folder.name}: {MANIFEST_SIGNATURE_FILE} is too large")
+        ) from None
+    except UnsafeFile as e:
+        raise SignatureInvalid(f"{folder.name}: {e}") from None
+    except OSError as e:
+        raise SignatureInvalid(
+            f"{folder.name}: cannot read {MANIFEST_SIGNATURE_FILE}: {e}"
+        ) from None
     try:
         signature = base64.b64decode(raw.strip(), validate=True)
     except (binascii.Error, ValueError):
@@ -225,12 +227,11 @@ def authorize_restore(
 
 
 def _read_manifest_bytes(folder: Path) -> bytes:
-    path = folder / MANIFEST_FILE
-    if path.is_symlink():
-        raise SignatureInvalid(f"{folder.name}: {MANIFEST_FILE} is a symlink")
     try:
-        return path.read_bytes()
+        return read_manifest_bytes(folder)
     except FileNotFoundError:
         raise SignatureInvalid(f"{folder.name}: {MANIFEST_FILE} is missing") from None
+    except UnsafeFile as e:
+        raise SignatureInvalid(f"{folder.name}: {e}") from None
     except OSError as e:
         raise SignatureInvalid(f"{folder.name}: cannot read {MANIFEST_FILE}: {e}") from None

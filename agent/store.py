@@ -39,6 +39,7 @@ from thaw.contract import (
     Manifest,
     ManifestError,
 )
+from thaw.safe_files import UnsafeFile, read_manifest_bytes
 
 OWNER_FILE = ".owner"
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")  # a Kubernetes object name
@@ -238,8 +239,9 @@ class Store:
         return out
 
     def manifest(self, name: str) -> Manifest:
+        """The parsed manifest; ManifestError or OSError (UnsafeFile) when it is not one."""
         try:
-            return Manifest.from_json((self.path(name) / MANIFEST_FILE).read_bytes())
+            return Manifest.from_json(read_manifest_bytes(self.path(name)))
         except FileNotFoundError:
             raise StoreError(f"no snapshot named {name!r} in {self.root}") from None
 
@@ -297,11 +299,13 @@ def verify(folder: Path, criu_version: str | None = None, check_compat: bool = T
     if folder.is_symlink() or not folder.is_dir():
         raise SnapshotInvalid(f"{folder}: not a snapshot folder")
     try:
-        manifest = Manifest.from_json((folder / MANIFEST_FILE).read_bytes())
+        manifest = Manifest.from_json(read_manifest_bytes(folder))
     except FileNotFoundError:
         raise SnapshotInvalid(f"{folder.name}: {MANIFEST_FILE} is missing") from None
-    except ManifestError as e:
+    except (ManifestError, UnsafeFile) as e:
         raise SnapshotInvalid(f"{folder.name}: {e}") from None
+    except OSError as e:
+        raise SnapshotInvalid(f"{folder.name}: cannot read {MANIFEST_FILE}: {e}") from None
     if folder.parent.name != STORE_STAGING_DIR and manifest.name != folder.name:
         raise SnapshotInvalid(f"{folder.name}: manifest names another snapshot {manifest.name!r}")
     listed = {}

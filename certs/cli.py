@@ -23,7 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--hosts", required=True, help="comma-separated DNS names and IPs (become SANs)"
     )
     gen.add_argument("--out", required=True, metavar="DIR")
-    gen.add_argument("--days", type=int, default=365, help="serving certificate lifetime")
+    gen.add_argument(
+        "--days", type=int, default=365, help="serving certificate lifetime (1 to 3650)"
+    )
     gen.set_defaults(func=cmd_generate)
 
     ens = csub.add_parser(
@@ -54,7 +56,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from certs import files, pki
 
+    if not 1 <= args.days <= pki.MAX_SERVING_DAYS:
+        print(f"thaw: --days must be 1 to {pki.MAX_SERVING_DAYS}, not {args.days}", file=sys.stderr)
+        return 2
     try:
+        pki.split_hosts(_hosts(args.hosts))  # every name checked before any key is made
         ca_cert, ca_key = pki.make_ca()
         tls_cert, tls_key = pki.make_serving(
             ca_cert, ca_key, _hosts(args.hosts), lifetime=dt.timedelta(days=args.days)

@@ -5,6 +5,11 @@ name (or IP), so names go in subjectAltName - never only in the CN, which
 verifiers ignore. Keys are ECDSA P-256: small, and fast to handshake on
 every admission call.
 
+Host names are checked before anything is made: IP literals, or RFC 1123 DNS
+names (internationalised ones converted to their IDNA A-label form), with a
+wildcard only as a whole leftmost label - a SAN the API server's verifier
+would never match is an error, not a certificate that silently fails later.
+
 Rotation rule (``needs_rotation``): replace a certificate once less than a
 third of its lifetime is left, so a weekly or daily reconcile always renews
 well before expiry.
@@ -15,8 +20,10 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import ipaddress
+import re
 from collections.abc import Iterable, Sequence
 
+import idna
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -25,6 +32,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 CA_LIFETIME = dt.timedelta(days=3650)
 SERVING_LIFETIME = dt.timedelta(days=365)
+MAX_SERVING_DAYS = CA_LIFETIME.days  # a serving cert never outlives its CA anyway
+MAX_DNS_NAME = 253
+_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 ROTATE_WHEN_LEFT = 1 / 3
 CLOCK_SKEW = dt.timedelta(minutes=5)  # backdate notBefore for peers with slow clocks
 CA_COMMON_NAME = "thaw-webhook-ca"
@@ -56,16 +66,42 @@ def split_hosts(hosts: Iterable[str]) -> list[x509.GeneralName]:
         if not host:
             continue
         try:
+            if "%" in host:
+                raise ValueError("zoned address")
             name: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host.strip("[]")))
         except ValueError:
-            if any(c.isspace() or c in "/:@" for c in host):
-                raise CertError(f"not a host name or IP address: {host!r}") from None
-            name = x509.DNSName(host.lower())
+            name = x509.DNSName(dns_name(host))
         if name not in names:
             names.append(name)
     if not names:
         raise CertError("at least one host name or IP address is needed")
     return names
+
+
+def dns_name(host: str) -> str:
+    """``host`` as a SAN: lower-case A-labels, RFC 1123, ``*`` only as the leftmost label."""
+    bad = f"not a valid host name or IP address: {host!r}"
+    labels = host.lower().split(".")
+    wildcard = labels[0] == "*"
+    rest = labels[1:] if wildcard else labels
+    if not rest or (wildcard and len(rest) < 2):
+        raise CertError(f"{bad} (a wildcard needs at least two labels after it)")
+    if not ".".join(rest).isascii():
+        try:
+            rest = idna.encode(".".join(rest), uts46=True).decode("ascii").split(".")
+        except (idna.IDNAError, UnicodeError) as e:
+            raise CertError(f"{bad} (IDNA: {e})") from None
+    name = ".".join(["*", *rest] if wildcard else rest)
+    if len(name) > MAX_DNS_NAME:
+        raise CertError(f"{bad} (longer than {MAX_DNS_NAME} characters)")
+    for label in rest:
+        if not _LABEL.match(label):
+            raise CertError(
+                f"{bad} (label {label!r}: letters, digits and inner hyphens, 1-63 characters)"
+            )
+    if rest[-1].isdigit():
+        raise CertError(f"{bad} (the last label is all digits)")
+    return name
 
 
 def _key() -> ec.EllipticCurvePrivateKey:
@@ -135,6 +171,8 @@ def make_serving(
     Never outlives its CA.
     """
     now = now or now_utc()
+    if lifetime <= dt.timedelta(0):
+        raise CertError(f"certificate lifetime must be positive, not {lifetime}")
     ca_cert, ca_key = load_cert(ca_cert_pem), load_key(ca_key_pem)
     sans = split_hosts(hosts)
     key = _key()

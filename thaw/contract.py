@@ -13,6 +13,7 @@ import dataclasses
 import enum
 import json
 import math
+import reprlib
 from typing import Final
 
 DOMAIN: Final = "thaw.dev"
@@ -133,6 +134,9 @@ class AbandonReason(enum.StrEnum):
 
 # In the control dir: agents flock it per pod, so one checkpoint/restore runs at a time.
 AGENT_LOCK_FILE: Final = ".thaw-agent.lock"
+# On the host: a restore into a placeholder flocks <dir>/<pid>-<start time>.lock (and the pod's
+# AGENT_LOCK_FILE when its control dir is reachable), so two restores never race in one pod.
+RESTORE_LOCK_DIR: Final = "/run/thaw/restore-locks"
 
 
 class ProbeError(ValueError):
@@ -224,6 +228,15 @@ ENV_STORE_DIR: Final = "THAW_STORE_DIR"
 ENV_RETENTION_MAX_PER_KEY: Final = "THAW_RETENTION_MAX_PER_KEY"  # 0: keep all
 ENV_RETENTION_MAX_AGE_HOURS: Final = "THAW_RETENTION_MAX_AGE_HOURS"  # 0: keep forever
 ENV_SIGNING_KEY_FILE: Final = "THAW_SIGNING_KEY_FILE"  # unset: manifests are not signed
+# Each agent refreshes STORE/<AGENT_HEARTBEAT_DIR>/<node>.json (JSON {"node", "time", "pid"},
+# "time" by the node's own clock) every AGENT_HEARTBEAT_S. The restore init step (same node,
+# store mounted read-only) waits at most THAW_AGENT_WAIT seconds for a fresh one, else writes
+# restore-failed ("no thaw agent on this node") so the placeholder cold-starts at once.
+AGENT_HEARTBEAT_DIR: Final = ".agents"
+AGENT_HEARTBEAT_S: Final = 2.0
+AGENT_HEARTBEAT_STALE_S: Final = 10.0  # older than this: the agent is gone
+ENV_AGENT_WAIT: Final = "THAW_AGENT_WAIT"  # seconds; 0: do not look for an agent
+DEFAULT_AGENT_WAIT_S: Final = 15.0
 DEFAULT_STORE_CLAIM: Final = "thaw-snapshots"  # PVC backing STORE_VOLUME (webhook option)
 
 # --- Snapshot custom resource ----------------------------------------------
@@ -362,10 +375,10 @@ class Manifest:
                 arch=_typed(raw, "arch", str),
                 criu_version=_typed(raw, "criu_version", str),
                 root_pid=_typed(raw, "root_pid", int),
-                source=Source(**_typed(raw, "source", dict)),
-                gpus=tuple(GpuInfo(**g) for g in _typed(raw, "gpus", list)),
+                source=Source(**_strings(_typed(raw, "source", dict), "source")),
+                gpus=tuple(GpuInfo(**_strings(g, "gpus")) for g in _typed(raw, "gpus", list)),
                 files=tuple(_file_entry(f) for f in _typed(raw, "files", list)),
-                timings=_typed(raw, "timings", dict),
+                timings=_timings(_typed(raw, "timings", dict)),
                 schema_version=version,
             )
         except TypeError as e:
@@ -378,9 +391,11 @@ def versioned_object(text: str | bytes, what: str, version: int, error: type[Val
         raw = json.loads(text)
     except (ValueError, UnicodeDecodeError) as e:
         raise error(f"{what} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise error(f"{what} is nested too deeply to be one") from None
     if not isinstance(raw, dict):
         raise error(f"{what} must be a JSON object")
-    if raw.get("schema_version") != version:
+    if type(raw.get("schema_version")) is not int or raw["schema_version"] != version:
         raise error(
             f"unsupported {what} schema_version {raw.get('schema_version')!r} "
             f"(this thaw reads {version})"
@@ -390,8 +405,20 @@ def versioned_object(text: str | bytes, what: str, version: int, error: type[Val
 
 def _file_entry(raw: object) -> FileEntry:
     if not isinstance(raw, dict):
-        raise ManifestError(f"manifest file entry must be an object, got {raw!r}")
-    entry = FileEntry(**{**raw, "pieces": tuple(raw.get("pieces", ()))})
+        raise ManifestError(f"manifest file entry must be an object, got {_short(raw)}")
+    pieces = raw.get("pieces", [])
+    entry = FileEntry(**{**raw, "pieces": tuple(pieces) if isinstance(pieces, list) else None})
+    if (
+        not isinstance(entry.path, str)
+        or not entry.path
+        or "\0" in entry.path
+        or not isinstance(entry.sha256, str)
+        or not _ints(entry.size, entry.piece_bytes)
+        or entry.size < 0
+        or entry.pieces is None
+        or not all(isinstance(p, str) for p in entry.pieces)
+    ):
+        raise ManifestError(f"manifest file entry has a field of the wrong type: {_short(raw)}")
     if entry.pieces and (
         entry.piece_bytes <= 0 or len(entry.pieces) != -(-entry.size // entry.piece_bytes)
     ):
@@ -402,8 +429,28 @@ def _file_entry(raw: object) -> FileEntry:
 def _typed(raw: dict, field: str, kind: type):
     value = raw.get(field)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ManifestError(f"manifest field {field!r} must be {kind.__name__}, got {value!r}")
+        raise ManifestError(
+            f"manifest field {field!r} must be {kind.__name__}, got {_short(value)}"
+        )
     return value
+
+
+def _strings(raw: object, field: str) -> dict:
+    """An object whose values are all strings (``source``, each of ``gpus``)."""
+    if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
+        raise ManifestError(f"manifest field {field!r} must map names to strings: {_short(raw)}")
+    return raw
+
+
+def _timings(raw: dict) -> dict[str, float]:
+    if not _numbers(*raw.values()):
+        raise ManifestError(f"manifest field 'timings' must map names to numbers: {_short(raw)}")
+    return raw
+
+
+def _short(value: object) -> str:
+    """A value for a one-line message (a malformed manifest may hold megabytes, deeply nested)."""
+    return reprlib.repr(value)
 
 
 # --- Device memory that travels outside CRIU --------------------------------

@@ -40,7 +40,11 @@ from thaw.contract import CONTROL_DIR, ENV_CONTROL_DIR, ENV_MODE, InjectedMode, 
 
 SOCKET_NAME = "worker.sock"
 READY = Signal.READY_FOR_CHECKPOINT.value
-RESUME = (Signal.CHECKPOINT_COMPLETE.value, Signal.RESTORE_COMPLETE.value)
+RESUME = (
+    Signal.CHECKPOINT_COMPLETE.value,
+    Signal.RESTORE_COMPLETE.value,
+    Signal.CHECKPOINT_ABANDONED.value,  # the sidecar gave up: serve cold
+)
 MB = 1 << 20
 
 

@@ -15,7 +15,8 @@ log = logging.getLogger(__name__)
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``thaw webhook serve`` and ``thaw inject``."""
-    from webhook.config import DEFAULT_MAX_BODY_BYTES, DEFAULT_SIDECAR_IMAGE, SidecarMode
+    from webhook.config import DEFAULT_SIDECAR_IMAGE, SidecarMode
+    from webhook.limits import Limits
 
     def add_inject_options(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -60,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--in-cluster", action="store_true", help="watch Snapshot objects with the pod's account"
     )
     serve.add_argument("--kubeconfig", help="watch Snapshot objects using this kubeconfig")
-    serve.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
+    add_limit_options(serve, Limits())
     serve.add_argument(
         "--cert-check-interval", type=float, default=10.0, metavar="SECONDS", help="rotation poll"
     )
@@ -88,6 +89,87 @@ def register(sub: argparse._SubParsersAction) -> None:
     inj.add_argument("-f", "--filename", required=True, metavar="FILE|-")
     add_inject_options(inj)
     inj.set_defaults(func=cmd_inject)
+
+
+def add_limit_options(serve: argparse.ArgumentParser, d) -> None:
+    """Caps that bound the server's memory and each review's cost (``webhook.limits``)."""
+    serve.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=d.max_body_bytes,
+        metavar="BYTES",
+        help="a larger request body gets a 413",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        default=d.max_connections,
+        metavar="N",
+        help="TLS connections open at once (each may buffer ~1 MiB); more wait to be accepted",
+    )
+    serve.add_argument(
+        "--max-inflight-reviews",
+        type=int,
+        default=d.max_reviews,
+        metavar="N",
+        help="reviews read or processed at once; more get a 429 with Retry-After",
+    )
+    serve.add_argument(
+        "--max-inflight-bytes",
+        type=int,
+        default=d.max_bytes,
+        metavar="BYTES",
+        help="request body bytes held at once; more get a 429 with Retry-After",
+    )
+    serve.add_argument(
+        "--large-body-bytes",
+        type=int,
+        default=d.large_body_bytes,
+        metavar="BYTES",
+        help="bodies from this size are handled off the event loop, one at a time",
+    )
+    serve.add_argument(
+        "--review-budget-seconds",
+        type=float,
+        default=d.budget_s,
+        metavar="SECONDS",
+        help="a review not answered by then is admitted unchanged (over-budget)",
+    )
+    serve.add_argument(
+        "--review-budget-bytes",
+        type=int,
+        default=d.budget_bytes,
+        metavar="BYTES",
+        help="a larger review is admitted unchanged without mutating (over-budget)",
+    )
+
+
+def _limits(args: argparse.Namespace):
+    from webhook.limits import Limits
+
+    return Limits(
+        max_body_bytes=args.max_body_bytes,
+        max_connections=args.max_connections,
+        max_reviews=args.max_inflight_reviews,
+        max_bytes=args.max_inflight_bytes,
+        large_body_bytes=args.large_body_bytes,
+        budget_s=args.review_budget_seconds,
+        budget_bytes=args.review_budget_bytes,
+    )
+
+
+def _flag_words(problem: str) -> str:
+    """A Limits problem in the words of the flags that set it."""
+    flags = {
+        "max_body_bytes": "--max-body-bytes",
+        "max_connections": "--max-connections",
+        "max_reviews": "--max-inflight-reviews",
+        "max_bytes": "--max-inflight-bytes",
+        "budget_s": "--review-budget-seconds",
+    }
+    for name, flag in flags.items():
+        problem = problem.replace(name, flag)
+    return problem
 
 
 def _config(args: argparse.Namespace):
@@ -133,8 +215,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"thaw: {e}", file=sys.stderr)
         return 2
-    if args.max_body_bytes <= 0:
-        print("thaw: --max-body-bytes must be positive", file=sys.stderr)
+    limits = _limits(args)
+    for problem in limits.problems():
+        print(f"thaw: {_flag_words(problem)}", file=sys.stderr)
         return 2
     if args.body_timeout <= 0 or args.keepalive_timeout <= 0:
         print("thaw: --body-timeout and --keepalive-timeout must be positive", file=sys.stderr)
@@ -147,7 +230,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         config,
         _snapshot_view(args),
         serving_cert=cert,
-        max_body_bytes=args.max_body_bytes,
+        limits=limits,
         cert_check_interval_s=args.cert_check_interval,
         body_read_timeout_s=args.body_timeout,
     )
@@ -181,7 +264,8 @@ def cmd_inject(args: argparse.Namespace) -> int:
     try:
         out, decisions = inject_stream(text, _config(args), _snapshot_view(args))
     except yaml.YAMLError as e:
-        print(f"thaw: {args.filename} is not valid YAML: {e}", file=sys.stderr)
+        detail = " ".join(str(e).split())  # one line: PyYAML's marks span several
+        print(f"thaw: {args.filename} is not valid YAML: {detail}", file=sys.stderr)
         return 1
     sys.stdout.write(out)
     for label, decision in decisions:

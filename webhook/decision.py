@@ -9,6 +9,9 @@ annotation, so "why was my pod not thawed?" has an answer without logs.
 "use a snapshot, never take one" - checkpointing pauses the worker while it
 is dumped, which a user asking only for restores did not agree to.
 
+Pods thaw cannot serve (shared PID namespaces, host network, the sidecar's
+port taken, a mount over the control folder) are skipped by ``webhook.unservable``.
+
 A pod must also say how its warmth is seen (``webhook.warm``): by default its
 own readinessProbe, which the sidecar runs; without one the sidecar could
 never tell, and the pod is skipped with a reason that says what to add.
@@ -24,6 +27,7 @@ from webhook.config import InjectConfig
 from webhook.reasons import INJECTING, Reason, Refused
 from webhook.snapshot_key import snapshot_key
 from webhook.snapshots import SnapshotRef, SnapshotView
+from webhook.unservable import check_pod, check_target
 from webhook.warm import WarmPlan, warm_plan
 
 INJECTED_NAMES = frozenset({contract.SIDECAR_CONTAINER, contract.RESTORE_CONTAINER})
@@ -97,6 +101,10 @@ def decide(
         return skip(Reason.EXCLUDED_NAMESPACE, namespace)
 
     spec = pod["spec"]
+    try:
+        check_pod(spec)
+    except Refused as e:
+        return skip(e.reason, e.detail)
     containers = spec["containers"]
     wanted = annotations.get(contract.ANNOTATION_CONTAINER, containers[0]["name"])
     target = next((c for c in containers if c["name"] == wanted), None)
@@ -107,10 +115,11 @@ def decide(
             Reason.NO_COMMAND,
             f"container {wanted!r} has no explicit command (the image ENTRYPOINT is unknown here)",
         )
-    clash = _name_clash(spec, target)
+    clash = _name_clash(spec)
     if clash:
         return skip(Reason.NAME_CONFLICT, clash)
     try:
+        check_target(target)
         warm = warm_plan(annotations, target)
     except Refused as e:
         return skip(e.reason, e.detail)
@@ -133,10 +142,7 @@ def decide(
     return Decision(reason, f"key {key}", wanted, key, warm=warm)
 
 
-def _name_clash(spec: dict[str, Any], target: dict[str, Any]) -> str:
-    for m in target.get("volumeMounts") or ():
-        if str(m.get("mountPath", "")).rstrip("/") == contract.CONTROL_DIR:
-            return f"container {target['name']!r} already mounts {contract.CONTROL_DIR}"
+def _name_clash(spec: dict[str, Any]) -> str:
     for field in ("containers", "initContainers"):
         for c in spec.get(field) or ():
             if c["name"] in INJECTED_NAMES:
@@ -187,7 +193,7 @@ def _container_problem(c: Any) -> str:
         value = c.get(field) or []
         if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
             return f"{field} is not a list of strings"
-    for field in ("env", "volumeMounts", "envFrom"):
+    for field in ("env", "volumeMounts", "envFrom", "ports", "volumeDevices"):
         value = c.get(field) or []
         if not isinstance(value, list) or not all(isinstance(e, dict) for e in value):
             return f"{field} is not a list of objects"

@@ -28,6 +28,26 @@ class WebhookMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.shed = Counter(
+            "thaw_webhook_shed",
+            "Reviews refused with 429 because reviews or body bytes in flight were at their cap.",
+            registry=self.registry,
+        )
+        self.over_budget = Counter(
+            "thaw_webhook_over_budget",
+            "Reviews admitted unchanged because they were over their time or size budget.",
+            registry=self.registry,
+        )
+        self.inflight_reviews = Gauge(
+            "thaw_webhook_inflight_reviews",
+            "Reviews being read or processed now.",
+            registry=self.registry,
+        )
+        self.inflight_bytes = Gauge(
+            "thaw_webhook_inflight_body_bytes",
+            "Request body bytes held by reviews in flight now.",
+            registry=self.registry,
+        )
         self.snapshots_synced = Gauge(
             "thaw_webhook_snapshot_cache_synced",
             "1 once the Snapshot cache has listed (0: auto/restore pods are skipped).",
@@ -44,3 +64,8 @@ class WebhookMetrics:
         self.snapshots_synced.set_function(lambda: float(bool(getattr(view, "synced", True))))
         stale_for = getattr(view, "stale_for", None)
         self.snapshots_stale.set_function(lambda: float((stale_for and stale_for()) or 0.0))
+
+    def watch_gate(self, gate: object) -> None:
+        """Read the in-flight gauges from the admission gate at scrape time."""
+        self.inflight_reviews.set_function(lambda: float(getattr(gate, "reviews", 0)))
+        self.inflight_bytes.set_function(lambda: float(getattr(gate, "bytes", 0)))

@@ -7,7 +7,6 @@ an injected pod is a skip (``already-injected``), so inject twice == once.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from typing import Any
 
@@ -29,10 +28,32 @@ def mutate(pod: dict[str, Any], decision: Decision, config: InjectConfig) -> dic
     """The pod ``decision`` asks for; never modifies ``pod``."""
     if not decision.inject:
         return pod
-    out = copy.deepcopy(pod)
+    out = private_levels(pod)
     if decision.mode is contract.InjectedMode.RESTORE:
         return apply_restore_mode(out, decision, config)
     return apply_checkpoint_mode(out, decision, config)
+
+
+def private_levels(pod: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the levels the modes edit in place; everything below is shared.
+
+    The modes set keys on the pod, metadata, annotations, spec and containers,
+    and replace (never edit) the lists below them, so sharing the rest is safe
+    and keeps a pod with 150k env entries as cheap as a small one. Shared
+    subtrees are also what makes ``make_patch`` skip them.
+    """
+    out = dict(pod)
+    if isinstance(pod.get("metadata"), dict):
+        meta = out["metadata"] = dict(pod["metadata"])
+        if isinstance(meta.get("annotations"), dict):
+            meta["annotations"] = dict(meta["annotations"])
+    spec = out["spec"] = dict(pod["spec"])
+    for field in ("containers", "initContainers"):
+        if isinstance(spec.get(field), list):
+            spec[field] = [dict(c) for c in spec[field]]
+    if isinstance(spec.get("volumes"), list):
+        spec["volumes"] = list(spec["volumes"])
+    return out
 
 
 def inject(

@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from webhook import safe_yaml
 from webhook.config import InjectConfig
 from webhook.decision import Decision
 from webhook.mutate import inject
@@ -79,9 +80,13 @@ def inject_document(
 def inject_stream(
     text: str, config: InjectConfig, snapshots: SnapshotView
 ) -> tuple[str, Decisions]:
-    """Multi-document YAML in, YAML out; also the decision for every workload."""
+    """Multi-document YAML in, YAML out; also the decision for every workload.
+
+    Loads with ``safe_yaml``'s bounds: an alias bomb or absurd nesting is a
+    yaml.YAMLError before anything is written.
+    """
     out_docs, decisions = [], []
-    for i, doc in enumerate(yaml.safe_load_all(text)):
+    for i, doc in enumerate(safe_yaml.load_all(text)):
         new, found = inject_document(doc, config, snapshots, f"#{i}")
         out_docs.append(new)
         decisions += found

@@ -28,6 +28,10 @@ class Reason(enum.StrEnum):
     CONTAINER_NOT_FOUND = "container-not-found"
     NO_COMMAND = "no-command"
     NAME_CONFLICT = "name-conflict"
+    CONTROL_DIR_CONFLICT = "control-dir-conflict"  # a worker mount at, in or above /var/run/thaw
+    SHARED_PID_NAMESPACE = "shared-pid-namespace"  # hostPID or shareProcessNamespace
+    HOST_NETWORK = "host-network"  # the sidecar's port would be the node's
+    PORT_CONFLICT = "port-conflict"  # a container already uses the sidecar's port
     BAD_ANNOTATION = "bad-annotation"  # a thaw.dev/ warm, engine, path or window value
     NO_WARM_SIGNAL = "no-warm-signal"  # no readinessProbe and no thaw.dev/warm: hook
     PROBE_UNSUPPORTED = "probe-unsupported"  # exec or grpc: the sidecar cannot run it

@@ -7,6 +7,11 @@ webhook cannot understand is admitted unchanged with a reason - never a 5xx:
 the configuration's failurePolicy is Ignore, but a crash would still cost
 every pod creation the API server's timeout.
 
+Memory and time are bounded per server and per review (``webhook.limits``):
+reviews and body bytes in flight are capped (429 + Retry-After past a cap),
+large bodies are handled off the event loop one at a time, and a review over
+its time or size budget is admitted unchanged (``over-budget``).
+
 Slow clients are bounded: a body that does not arrive within
 ``BODY_READ_TIMEOUT_S`` gets a 408 and the connection is closed, and a
 connection that never completes its request headers is dropped after the
@@ -18,7 +23,9 @@ slower than that.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import dataclasses
 import gc
 import json
 import logging
@@ -31,8 +38,19 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from certs.files import ServingCert
-from webhook.config import DEFAULT_MAX_BODY_BYTES, InjectConfig
+from webhook.config import InjectConfig
 from webhook.decision import Decision, Reason
+from webhook.intake import (
+    OneLineLogger,
+    TooLarge,
+    error,
+    make_expect_handler,
+    read_body,
+    refusal,
+    shed,
+)
+from webhook.limits import Gate, Job, Limits, OverBudget, Shed, one_malloc_arena
+from webhook.listener import CappedListener
 from webhook.metrics import WebhookMetrics
 from webhook.mutate import Injection, inject
 from webhook.patch import encode_patch, make_patch
@@ -51,7 +69,8 @@ K_CERT = web.AppKey("serving_cert", ServingCert)
 K_CONFIG = web.AppKey("config", InjectConfig)
 K_SNAPSHOTS = web.AppKey("snapshots", object)
 K_METRICS = web.AppKey("metrics", WebhookMetrics)
-K_MAX_BODY = web.AppKey("max_body_bytes", int)
+K_GATE = web.AppKey("gate", Gate)
+K_POOL = web.AppKey("large_pool", concurrent.futures.ThreadPoolExecutor)
 K_CERT_INTERVAL = web.AppKey("cert_check_interval_s", float)
 K_BODY_TIMEOUT = web.AppKey("body_read_timeout_s", float)
 
@@ -125,7 +144,9 @@ def admit(request: dict[str, Any], config: InjectConfig, snapshots: SnapshotView
             operation=request.get("operation", "CREATE"),
         )
     except Exception as e:  # a bug must not block pod creation
-        log.exception("injection failed for request %s", request.get("uid"))
+        uid = request.get("uid")
+        log.error("injection failed for request %s: %s: %s", uid, type(e).__name__, e)
+        log.debug("injection failed", exc_info=True)
         return Injection(Decision(Reason.INTERNAL_ERROR, type(e).__name__), request["object"])
 
 
@@ -145,38 +166,76 @@ def review_response(uid: str, original: Any, injection: Injection) -> dict[str, 
     return {"apiVersion": REVIEW_API_VERSION, "kind": REVIEW_KIND, "response": response}
 
 
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
-
-
 async def handle_mutate(req: web.Request) -> web.Response:
-    app = req.app
-    metrics = app[K_METRICS]
     started = time.perf_counter()
-    resp = await _mutate(req)
-    metrics.requests.labels(code=str(resp.status)).inc()
-    metrics.latency.observe(time.perf_counter() - started)
+    resp = await _mutate(req, started)
+    _count(req, resp, started)
     return resp
 
 
-async def _mutate(req: web.Request) -> web.Response:
-    limit = req.app[K_MAX_BODY]
-    if req.content_length is not None and req.content_length > limit:
-        return _error(413, f"body of {req.content_length} bytes exceeds the {limit}-byte limit")
-    timeout = req.app[K_BODY_TIMEOUT]
+def _count(req: web.Request, resp: web.StreamResponse, started: float | None = None) -> None:
+    metrics = req.app[K_METRICS]
+    metrics.requests.labels(code=str(resp.status)).inc()
+    if resp.status == 429:
+        metrics.shed.inc()
+    if started is not None:
+        metrics.latency.observe(time.perf_counter() - started)
+
+
+async def _mutate(req: web.Request, started: float) -> web.Response:
+    app = req.app
+    gate = app[K_GATE]
+    refused = refusal(req, gate)
+    if refused is not None:
+        return refused
+    ticket = gate.enter(req.content_length)
     try:
-        # aiohttp stops at client_max_size while streaming (chunked bodies too).
-        body = await asyncio.wait_for(req.read(), timeout)
-    except web.HTTPRequestEntityTooLarge:
-        return _error(413, f"body exceeds the {limit}-byte limit")
-    except TimeoutError:
-        resp = _error(408, f"body not received within {timeout:g}s")
-        resp.force_close()  # never reuse a connection left mid-body
-        return resp
-    status, payload, decision = answer(body, req.app[K_CONFIG], req.app[K_SNAPSHOTS])
+        timeout = app[K_BODY_TIMEOUT]
+        try:
+            body = await read_body(req, ticket, gate.limits.max_body_bytes, timeout)
+        except TooLarge as e:
+            resp = error(413, str(e))
+            resp.force_close()
+            return resp
+        except Shed as e:
+            return shed(gate.limits, str(e))
+        except TimeoutError:
+            resp = error(408, f"body not received within {timeout:g}s")
+            resp.force_close()  # never reuse a connection left mid-body
+            return resp
+        status, payload, decision = await _review(app, body, started)
+    finally:
+        ticket.close()
     if decision is not None:
-        req.app[K_METRICS].decisions.labels(reason=str(decision.reason)).inc()
+        app[K_METRICS].decisions.labels(reason=str(decision.reason)).inc()
+    if isinstance(decision, OverBudget) or status == 503:
+        app[K_METRICS].over_budget.inc()
+    if status == 503:
+        return error(503, payload["error"], **{"Retry-After": str(gate.limits.retry_after_s)})
     return web.json_response(payload, status=status, dumps=_dumps)
+
+
+async def _review(
+    app: web.Application, body: bytes, started: float
+) -> tuple[int, dict[str, Any], Any]:
+    """``answer`` inline for a small body, in the large-review pool within the time budget."""
+    limits, config, snapshots = app[K_GATE].limits, app[K_CONFIG], app[K_SNAPSHOTS]
+    if len(body) < limits.large_body_bytes:
+        return answer(body, config, snapshots, budget_bytes=limits.budget_bytes)
+    job = Job()
+    future = app[K_POOL].submit(
+        answer, body, config, snapshots, budget_bytes=limits.budget_bytes, job=job
+    )
+    left = limits.budget_s - (time.perf_counter() - started)
+    try:
+        return await asyncio.wait_for(asyncio.wrap_future(future), max(left, 0.001))
+    except TimeoutError:
+        job.abandoned = True
+    why = f"not answered within the {limits.budget_s:g}s budget"
+    if not job.uid:  # not even parsed: the API server applies failurePolicy Ignore
+        return 503, {"error": f"review {why}"}, None
+    decision = OverBudget(why)
+    return 200, review_response(job.uid, None, Injection(decision, None)), decision
 
 
 def _dumps(obj: Any) -> str:
@@ -184,24 +243,40 @@ def _dumps(obj: Any) -> str:
 
 
 def answer(
-    body: bytes, config: InjectConfig, snapshots: SnapshotView
-) -> tuple[int, dict[str, Any], Decision | None]:
+    body: bytes,
+    config: InjectConfig,
+    snapshots: SnapshotView,
+    *,
+    budget_bytes: int | None = None,
+    job: Job | None = None,
+) -> tuple[int, dict[str, Any], Any]:
     """(HTTP status, JSON payload, decision) for a request body; never raises.
 
-    The whole answer, minus HTTP framing, so property tests can drive it.
+    The whole answer, minus HTTP framing, so property tests can drive it. A
+    body over ``budget_bytes`` is admitted unchanged (``over-budget``); a
+    ``job`` abandoned once parsed is not mutated at all.
     """
     try:
         request = parse_review(body)
     except BadReview as e:
         return 400, {"error": str(e)}, None
+    uid = request["uid"]
+    if job is not None:
+        job.uid = uid
+        if job.abandoned:  # nobody waits for this answer any more: skip the work
+            return 503, {"error": "abandoned"}, None
+    if budget_bytes and len(body) > budget_bytes:
+        decision = OverBudget(f"review of {len(body)} bytes is over the {budget_bytes}-byte budget")
+        return 200, review_response(uid, None, Injection(decision, None)), decision
     try:
         injection = admit(request, config, snapshots)
-        payload = review_response(request["uid"], request["object"], injection)
+        payload = review_response(uid, request["object"], injection)
     except Exception as e:  # e.g. a diff that recursed too deep: admit unchanged
-        log.exception("building the response failed for %s", request["uid"])
+        log.error("building the response failed for %s: %s: %s", uid, type(e).__name__, e)
+        log.debug("building the response failed", exc_info=True)
         injection = Injection(Decision(Reason.INTERNAL_ERROR, type(e).__name__), None)
-        payload = review_response(request["uid"], None, injection)
-    log.debug("%s %s", request["uid"], injection.decision.message())
+        payload = review_response(uid, None, injection)
+    log.debug("%s %s", uid, injection.decision.message())
     return 200, payload, injection.decision
 
 
@@ -255,26 +330,42 @@ def make_app(
     snapshots: SnapshotView,
     *,
     serving_cert: ServingCert | None = None,
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    limits: Limits | None = None,
+    max_body_bytes: int | None = None,
     cert_check_interval_s: float = 10.0,
     body_read_timeout_s: float = BODY_READ_TIMEOUT_S,
 ) -> web.Application:
-    app = web.Application(client_max_size=max_body_bytes)
+    limits = limits or Limits()
+    if max_body_bytes is not None:
+        limits = dataclasses.replace(
+            limits, max_body_bytes=max_body_bytes, max_bytes=max(limits.max_bytes, max_body_bytes)
+        )
+    app = web.Application(client_max_size=limits.max_body_bytes)
     app[K_CONFIG] = config
     app[K_SNAPSHOTS] = snapshots
     app[K_METRICS] = WebhookMetrics()
     app[K_METRICS].watch_snapshot_view(snapshots)
-    app[K_MAX_BODY] = max_body_bytes
+    app[K_GATE] = gate = Gate(limits)
+    app[K_METRICS].watch_gate(gate)
+    app[K_POOL] = concurrent.futures.ThreadPoolExecutor(
+        limits.large_workers, thread_name_prefix="large-review"
+    )
+    app.on_cleanup.append(_stop_pool)
     app[K_CERT_INTERVAL] = cert_check_interval_s
     app[K_BODY_TIMEOUT] = body_read_timeout_s
     if serving_cert is not None:
         app[K_CERT] = serving_cert
         app.cleanup_ctx.append(_watch_cert)
-    app.router.add_post("/mutate", handle_mutate)
+    expect = make_expect_handler(lambda req: req.app[K_GATE], _count)
+    app.router.add_post("/mutate", handle_mutate, expect_handler=expect)
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/readyz", handle_readyz)
     app.router.add_get("/metrics", handle_metrics)
     return app
+
+
+async def _stop_pool(app: web.Application) -> None:
+    app[K_POOL].shutdown(wait=False, cancel_futures=True)
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -293,17 +384,21 @@ async def serve(
     keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S,
 ) -> None:
     """Serve over TLS until SIGTERM/SIGINT."""
+    one_malloc_arena()  # before the large-review thread starts
     runner = web.AppRunner(
         app,
         access_log=None,
+        logger=OneLineLogger(logging.getLogger("aiohttp.server"), {}),
         keepalive_timeout=keepalive_timeout_s,
         lingering_time=LINGERING_TIME_S,
     )
     await runner.setup()
-    site = web.TCPSite(runner, host, port, ssl_context=serving_cert.context, backlog=512)
-    await site.start()
+    assert runner.server is not None
+    max_connections = app[K_GATE].limits.max_connections
+    listener = CappedListener(runner.server, serving_cert.context, host, port, max_connections)
+    listener.start()
     gc.freeze()  # start-up objects never need scanning again: shorter GC pauses per request
-    bound = runner.addresses[0] if runner.addresses else (host, port)
+    bound = listener.address
     log.info("webhook listening on https://%s:%s", bound[0], bound[1])
     if ready_file:
         with open(ready_file, "w") as f:
@@ -315,4 +410,5 @@ async def serve(
     try:
         await stop.wait()
     finally:
+        await listener.close()
         await runner.cleanup()

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from thaw import contract
+from thaw.safe_files import read_manifest_bytes
 
 log = logging.getLogger(__name__)
 
@@ -97,12 +98,19 @@ class DirectorySnapshots:
 
     def _scan(self) -> list[SnapshotRef]:
         refs = []
-        for entry in sorted(self.root.iterdir()):
-            if entry.name == contract.STORE_STAGING_DIR or not entry.is_dir():
+        try:
+            entries = sorted(self.root.iterdir())
+        except OSError as e:
+            log.warning("snapshot directory %s unreadable: %s", self.root, e)
+            return []
+        for entry in entries:
+            # Dot folders (staging, agent heartbeats) are never snapshots.
+            if entry.name.startswith(".") or entry.is_symlink() or not entry.is_dir():
                 continue
-            path = entry / contract.MANIFEST_FILE
+            # Anyone who writes the store writes these files: read them without blocking,
+            # bounded, and skip (never fail decisions on) whatever is not a manifest.
             try:
-                manifest = contract.Manifest.from_json(path.read_bytes())
+                manifest = contract.Manifest.from_json(read_manifest_bytes(entry))
             except (OSError, contract.ManifestError) as e:
                 log.warning("skipping snapshot %s: %s", entry.name, e)
                 continue

@@ -305,7 +305,7 @@ def engine_pip_layer() -> CachedLayer:
     meta = tomllib.loads((REPO / "pyproject.toml").read_text())
     deps = list(meta["project"]["optional-dependencies"]["engine"])
     pins = [f"transformers[serving]=={metadata.version('transformers')}"]
-    key = digest_of(ENGINE_PY_VERSION, "\n".join(deps), *pins)
+    key = digest_of(ENGINE_PY_VERSION, "\n".join(deps), *pins, _TRANSFORMERS_LAUNCHER)
     dirpath, cached = _fresh("engine-pip", key)
     if cached:
         return cached
@@ -326,12 +326,17 @@ def engine_pip_layer() -> CachedLayer:
     return _finish(dirpath, root, keep_rootfs=False, overlay_upper=False)
 
 
+# As pip writes console scripts: the __main__ guard matters, since multiprocessing's spawn
+# re-runs this file in every child (the engine starts its model process that way).
 _TRANSFORMERS_LAUNCHER = """#!/usr/bin/python3
+import re
 import sys
 
 from transformers.cli.transformers import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.argv[0] = re.sub(r"(-script\\.pyw|\\.exe)?$", "", sys.argv[0])
+    sys.exit(main())
 """
 
 

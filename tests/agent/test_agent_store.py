@@ -21,7 +21,7 @@ from agent.store import (
     verify,
 )
 from tests.support.snapshots import publish_fake
-from thaw.contract import MANIFEST_FILE
+from thaw.contract import MANIFEST_FILE, Manifest, ManifestError
 
 
 def _publish(store: Store, name: str = "snap-a", key: str = "k", payload: bytes = b"pages"):
@@ -144,3 +144,33 @@ def test_newest_for_key(tmp_path):
     _publish(store, "b-1", key="other")
     assert store.newest_for_key("k") == "a-1"
     assert store.newest_for_key("none") is None
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"files": [{"path": 5, "size": 1, "sha256": "x"}]}, "wrong type"),
+        ({"files": [{"path": "a", "size": "1", "sha256": "x"}]}, "wrong type"),
+        ({"files": [{"path": "a", "size": 1, "sha256": "x", "pieces": 3}]}, "wrong type"),
+        ({"files": ["a"]}, "must be an object"),
+        ({"source": {"namespace": 1}}, "source"),
+        ({"source": {"planet": "x"}}, "malformed field"),
+        ({"gpus": [{"model": ["a"]}]}, "gpus"),
+        ({"timings": {"dump_s": "fast"}}, "timings"),
+        ({"schema_version": True}, "schema_version"),
+        ({"root_pid": 1.5}, "root_pid"),
+    ],
+)
+def test_manifest_fields_of_the_wrong_type_are_one_line_refusals(tmp_path, change, words):
+    store = Store(tmp_path / "store")
+    raw = json.loads((_publish(store)[0] / MANIFEST_FILE).read_text())
+    with pytest.raises(ManifestError, match=words) as err:
+        Manifest.from_json(json.dumps({**raw, **change}))
+    assert "\n" not in str(err.value)
+
+
+def test_deeply_nested_manifest_is_a_manifest_error():
+    with pytest.raises(ManifestError, match="nested too deeply"):
+        Manifest.from_json("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ManifestError, match="nested too deeply"):
+        Manifest.from_json('{"a":' * 100_000 + "1" + "}" * 100_000)

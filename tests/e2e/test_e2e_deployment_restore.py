@@ -53,6 +53,7 @@ def _deployment(replicas: int) -> dict:
                             "image": "registry.invalid/llm-server:1",
                             "command": ["python3", "-m", "server", "--port", "8000"],
                             "env": [{"name": "MODEL", "value": "/models/tiny"}],
+                            "readinessProbe": {"httpGet": {"path": "/health", "port": 8000}},
                             "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}},
                         }
                     ]

@@ -143,7 +143,12 @@ def labeled_pod(name: str, *, image: str = "registry.invalid/worker:1", labels=N
         },
         "spec": {
             "containers": [
-                {"name": "worker", "image": image, "command": ["python3", "-m", "worker"]}
+                {
+                    "name": "worker",
+                    "image": image,
+                    "command": ["python3", "-m", "worker"],
+                    "readinessProbe": {"tcpSocket": {"port": 8000}},
+                }
             ]
         },
     }

@@ -393,6 +393,48 @@ case(
     "pod already has a volume called thaw-control without the injected annotation",
     review(clash),
 )
+elsewhere = deployment_pod()
+elsewhere["spec"]["containers"][0]["volumeMounts"].append(
+    {"name": "models", "mountPath": "/run/thaw"}
+)
+case(
+    "skip-control-dir-conflict",
+    "the worker mounts a volume at /run/thaw: the control folder under another spelling "
+    "(/var/run is a symlink to /run)",
+    review(elsewhere),
+)
+shared_pid = deployment_pod()
+shared_pid["spec"]["shareProcessNamespace"] = True
+case(
+    "skip-shared-pid-namespace",
+    "shareProcessNamespace: true: the worker is not alone in its PID namespace, which the "
+    "agent needs to dump and restore it",
+    review(shared_pid),
+)
+host_net = deployment_pod()
+host_net["spec"]["hostNetwork"] = True
+host_net["spec"]["containers"][0]["ports"][0]["hostPort"] = 8000
+case(
+    "skip-host-network",
+    "hostNetwork: true: the sidecar's metrics port 9464 would be bound on the node",
+    review(host_net),
+)
+exporter = deployment_pod()
+exporter["spec"]["containers"].append(
+    container(
+        "otel-exporter",
+        "otel/opentelemetry-collector:0.114.0",
+        ["/otelcol"],
+        ["--config", "/etc/otel/config.yaml"],
+        ports=[{"name": "prometheus", "containerPort": 9464, "protocol": "TCP"}],
+    )
+)
+case(
+    "skip-port-conflict",
+    "an OpenTelemetry exporter already serves Prometheus on 9464, the sidecar's port: the "
+    "sidecar would die with EADDRINUSE",
+    review(exporter),
+)
 case(
     "skip-no-ready-snapshot",
     "mode: restore and no Ready snapshot: left unchanged",

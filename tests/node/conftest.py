@@ -167,7 +167,7 @@ def warm(node: cluster.Node, kube: Any, release: None) -> Iterator[tr.Warm]:
             mine = [s for s in tr.snapshots(custom) if s["spec"].get(contract.SPEC_KEY) == key]
             phases = [tr.phase(s) for s in mine]
             assert contract.Phase.FAILED.value not in phases, (
-                mine,
+                [s.get("status", {}).get(contract.STATUS_MESSAGE) for s in mine],
                 tr.pod_events(core, first.metadata.name),
             )
             ready = [s for s in mine if tr.phase(s) == contract.Phase.READY.value]

@@ -71,6 +71,17 @@ def engine_deployment(name: str, image: str) -> dict[str, Any]:
     }
 
 
+def pod_story(core: Any, name: str) -> str:
+    """Events, container states and the engine's log: what a person would look at."""
+    pod = core.read_namespaced_pod(name, tr.NS)
+    states = [(s.name, s.ready, s.restart_count, s.state) for s in pod.status.container_statuses]
+    try:
+        log = core.read_namespaced_pod_log(name, tr.NS, container="engine", tail_lines=40)
+    except Exception as e:  # the story is for a failure message: never hide the failure
+        log = f"(no log: {e})"
+    return f"events: {tr.pod_events(core, name)}\nstates: {states}\nengine log:\n{log}"
+
+
 def pod_ip(core: Any, name: str) -> str:
     def ip() -> str | None:
         return core.read_namespaced_pod(name, tr.NS).status.pod_ip  # type: ignore[no-any-return]
@@ -104,7 +115,10 @@ def test_unmodified_engine_checkpointed_under_load_then_restored(
     ip = pod_ip(core, first)
 
     # The client starts before the engine answers and keeps going through the dump.
-    cold_answer = ec.first_completion(node.netns_path, ip, PORT, body, 300)
+    try:
+        cold_answer = ec.first_completion(node.netns_path, ip, PORT, body, 300)
+    except TimeoutError as e:
+        raise AssertionError(f"{e}\n{pod_story(core, first)}") from e
     record("llm_cold_pod_create_to_first_completion_s", time.monotonic() - t0)
     load = ec.LoadLoop(node.netns_path, ip, PORT, body).start()
 

@@ -87,15 +87,16 @@ def wait(what: str, check: Callable[[], Any], timeout: float, detail: Any = lamb
 
 
 # Readiness of the worker container: it answers on its control socket. In checkpoint mode
-# the socket is only touched once the agent has answered: a connection queued on the
-# listening socket during the dump would be an in-flight connection CRIU refuses to dump.
+# the socket is only touched once the agent has answered (or the sidecar gave up): the
+# sample worker announces itself through the hook library, its probe is not the warm signal.
 PROBE = """
 import os, sys
 from thaw import contract as c
 from thaw.sample_worker import query
 d = os.environ.get(c.ENV_CONTROL_DIR, c.CONTROL_DIR)
-done = os.path.join(d, c.Signal.CHECKPOINT_COMPLETE.value)
-if os.environ.get(c.ENV_MODE) == c.InjectedMode.CHECKPOINT.value and not os.path.exists(done):
+answered = [c.Signal.CHECKPOINT_COMPLETE.value, c.Signal.CHECKPOINT_ABANDONED.value]
+checkpointing = os.environ.get(c.ENV_MODE) == c.InjectedMode.CHECKPOINT.value
+if checkpointing and not any(os.path.exists(os.path.join(d, s)) for s in answered):
     sys.exit(1)
 query(d, "pid", timeout=0.5)
 """
@@ -120,7 +121,9 @@ def worker_deployment(
             "selector": {"matchLabels": labels},
             "template": {
                 "metadata": {
-                    "labels": {**labels, contract.LABEL_ENABLED: contract.LABEL_ENABLED_VALUE}
+                    "labels": {**labels, contract.LABEL_ENABLED: contract.LABEL_ENABLED_VALUE},
+                    # A thaw-aware worker: it writes ready-for-checkpoint itself.
+                    "annotations": {contract.ANNOTATION_WARM: contract.Warm.HOOK.value},
                 },
                 "spec": {
                     "terminationGracePeriodSeconds": 5,

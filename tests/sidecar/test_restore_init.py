@@ -8,13 +8,22 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from sidecar.prefetch import evict, prefetch
-from sidecar.restore_init import run_restore_init
-from thaw.contract import MANIFEST_FILE, FileEntry, GpuInfo, Manifest, Signal
+from sidecar.restore_init import agent_serves, agent_wait_from_env, run_restore_init
+from thaw.contract import (
+    AGENT_HEARTBEAT_DIR,
+    ENV_AGENT_WAIT,
+    MANIFEST_FILE,
+    FileEntry,
+    GpuInfo,
+    Manifest,
+    Signal,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 H100 = GpuInfo(
@@ -46,6 +55,12 @@ def make_snapshot(store: Path, name: str = "snap", gpus: tuple[GpuInfo, ...] = (
 
 def no_gpu_expected() -> tuple[GpuInfo, ...]:
     raise AssertionError("a CPU-only snapshot must not query the GPU")
+
+
+@pytest.fixture(autouse=True)
+def no_agent_check(monkeypatch) -> None:
+    """These tests are about the snapshot and the node; the agent check has its own below."""
+    monkeypatch.setenv(ENV_AGENT_WAIT, "0")
 
 
 def test_cpu_snapshot_prefetches_and_requests_restore(tmp_path: Path) -> None:
@@ -144,3 +159,35 @@ def test_prefetch_rejects_bad_input(tmp_path: Path) -> None:
         prefetch([tmp_path / "absent"])
     with pytest.raises(ValueError):
         prefetch([], readers=0)
+
+
+def test_no_agent_heartbeat_fails_fast_with_a_reason(tmp_path: Path) -> None:
+    make_snapshot(tmp_path / "store")
+    t0 = time.monotonic()
+    result = run_restore_init(
+        tmp_path / "store", "snap", tmp_path / "ctl", gpus=no_gpu_expected, agent_wait_s=1
+    )
+    assert time.monotonic() - t0 < 5
+    assert result.signal == Signal.RESTORE_FAILED
+    assert "no thaw agent on this node" in result.payload["reason"]
+    assert not (tmp_path / "ctl" / Signal.RESTORE_REQUESTED.value).exists()
+
+
+def test_heartbeats_fresh_stale_foreign_and_hostile(tmp_path: Path) -> None:
+    beats = tmp_path / AGENT_HEARTBEAT_DIR
+    beats.mkdir()
+    assert not agent_serves(tmp_path, "n1")
+    (beats / "n1.json").write_text(json.dumps({"time": time.time() - 3600}))
+    assert not agent_serves(tmp_path, "n1")  # an agent that died without cleaning up
+    (beats / "n2.json").write_text(json.dumps({"time": time.time()}))
+    assert not agent_serves(tmp_path, "n1")  # another node's agent does not serve this one
+    assert agent_serves(tmp_path, "n2") and agent_serves(tmp_path, "")
+    (beats / "n1.json").unlink()
+    os.mkfifo(beats / "n1.json")  # never blocks the init step
+    assert not agent_serves(tmp_path, "n1")
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("", 15.0), ("3", 3.0), ("x", 15.0), ("-1", 15.0)])
+def test_agent_wait_from_env(monkeypatch, raw: str, expected: float) -> None:
+    monkeypatch.setenv(ENV_AGENT_WAIT, raw)
+    assert agent_wait_from_env() == expected

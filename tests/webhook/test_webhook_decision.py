@@ -26,7 +26,7 @@ def test_user_mount_on_the_control_dir_is_a_conflict():
         {"name": "models", "mountPath": "/var/run/thaw/"}
     )
     d = decide(p, "inference", InjectConfig(), NoSnapshots())
-    assert d.reason is Reason.NAME_CONFLICT and "/var/run/thaw" in d.detail
+    assert d.reason is Reason.CONTROL_DIR_CONFLICT and "/var/run/thaw" in d.detail
 
 
 def test_restore_mode_uses_a_snapshot_when_there_is_one(tmp_path):
@@ -57,7 +57,7 @@ def test_messages_name_the_reason():
     d = decide(pod(**{"thaw.dev/mode": "off"}), "inference", InjectConfig(), NoSnapshots())
     assert d.message() == "thaw.dev: skipped (mode-off)"
     d = decide(pod(), "inference", InjectConfig(), NoSnapshots())
-    assert d.message().startswith("thaw.dev: injected checkpoint (checkpoint-no-snapshot): key v1-")
+    assert d.message().startswith("thaw.dev: injected checkpoint (checkpoint-no-snapshot): key v2-")
 
 
 def test_injected_containers_are_non_root_unless_the_pod_insists_on_root():

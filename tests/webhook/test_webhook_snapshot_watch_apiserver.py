@@ -10,7 +10,7 @@ from tests.support.kube_plane import api_client, install_crd, running_plane
 from thaw import contract
 
 pytestmark = pytest.mark.apiserver
-KEY = "v1-" + "d" * 40
+KEY = "v2-" + "d" * 40
 GVP = (contract.CRD_GROUP, contract.CRD_VERSION)
 
 

@@ -9,7 +9,7 @@ from webhook_support import write_manifest
 from thaw import contract
 from webhook.snapshots import DirectorySnapshots, SnapshotIndex
 
-KEY = "v1-" + "a" * 40
+KEY = "v2-" + "a" * 40
 
 
 def test_directory_view_skips_staging_and_broken_manifests(tmp_path, caplog):
@@ -45,7 +45,7 @@ def test_directory_view_picks_newest_and_sees_new_snapshots(tmp_path):
     write_manifest(tmp_path, "older", KEY, "ml", "2026-11-01T00:00:00Z")
     assert view.find_ready(KEY, "ml").name == "older"
     write_manifest(tmp_path, "newer", KEY, "ml", "2026-11-20T00:00:00Z")
-    write_manifest(tmp_path, "other-key", "v1-" + "b" * 40, "ml", "2026-11-30T00:00:00Z")
+    write_manifest(tmp_path, "other-key", "v2-" + "b" * 40, "ml", "2026-11-30T00:00:00Z")
     assert view.find_ready(KEY, "ml").name == "newer"
 
 

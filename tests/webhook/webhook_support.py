@@ -64,7 +64,7 @@ def case_snapshots(case: dict[str, Any], root: Path) -> SnapshotView:
         return unsynced_cluster_view()
     request = case["review"]["request"]
     ns = request["namespace"]
-    key = decide(request["object"], ns, case_config(case), NoSnapshots()).key or "v1-none"
+    key = decide(request["object"], ns, case_config(case), NoSnapshots()).key or "v2-none"
     root.mkdir(parents=True, exist_ok=True)
     for snap in case["case"]["snapshots"]:
         write_manifest(root, snap["name"], key, ns, snap["created"])
