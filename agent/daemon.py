@@ -22,8 +22,9 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from agent import criu, doctor, leftovers, procfs, working_set
+from agent import criu, doctor, leftovers, procfs, retries, working_set
 from agent.checkpoint import CheckpointError, checkpoint
+from agent.heartbeat import Heartbeat
 from agent.pods import PodRef, PodSource, SnapshotSink, open_control_file
 from agent.restore import RestoreError, restore
 from agent.retention import Retention, prune
@@ -32,8 +33,6 @@ from agent.steps import Step
 from agent.store import SnapshotInvalid, Store, StoreError, new_name, verify
 from agent.working_set import LEARN_AFTER_S
 from thaw.contract import (
-    AGENT_HEARTBEAT_DIR,
-    AGENT_HEARTBEAT_S,
     AGENT_LOCK_FILE,
     InjectedMode,
     Signal,
@@ -41,9 +40,6 @@ from thaw.contract import (
 )
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_ATTEMPTS = 3  # dumps tried per pod before checkpoint-complete says ok: false
-CHECKPOINT_BACKOFF_S = (5.0, 20.0, 60.0)  # wait before the 2nd, 3rd, ... attempt
 
 
 class Agent:
@@ -62,8 +58,8 @@ class Agent:
         verify_key: Ed25519PublicKey | None = None,
         learn_after_s: float = LEARN_AFTER_S,
         self_test: bool = True,
-        checkpoint_attempts: int = CHECKPOINT_ATTEMPTS,
-        checkpoint_backoff_s: tuple[float, ...] = CHECKPOINT_BACKOFF_S,
+        checkpoint_attempts: int = retries.ATTEMPTS,
+        checkpoint_backoff_s: tuple[float, ...] = retries.BACKOFF_S,
     ) -> None:
         self.source, self.sink, self.store, self.node = source, sink, store, node
         self.verify_key = verify_key  # set: only snapshots signed by it are restored
@@ -92,13 +88,8 @@ class Agent:
         self._timers: set[threading.Timer] = set()
         # A failed dump is tried again (the source serves on in between: CRIU resumed it),
         # and checkpoint-complete is written only for the last attempt (see do_checkpoint).
-        self.checkpoint_attempts = max(1, checkpoint_attempts)
-        self.checkpoint_backoff_s = checkpoint_backoff_s or (0.0,)
-        self._failed_attempts: dict[str, int] = {}  # pod uid -> failed checkpoint attempts
-        self._retry_at: dict[str, float] = {}  # pod uid -> monotonic time of the next attempt
-        self._next_beat = 0.0
-        self._beat_failed = False
-        self._beating = False  # our heartbeat file exists
+        self.retries = retries.Retries(checkpoint_attempts, checkpoint_backoff_s)
+        self._heartbeat = Heartbeat(store.root, node)
         self._restore_pods = False  # the last scan saw restore-mode pods
 
     # --- loop -------------------------------------------------------------------
@@ -110,7 +101,7 @@ class Agent:
             self.tick()
             self.heartbeat()
             self._stop.wait(self.poll_s)
-        self._stop_heartbeat()  # restore init steps stop waiting for this agent now
+        self._heartbeat.stop()  # restore init steps stop waiting for this agent now
 
     def stop(self, wait: bool = True) -> None:
         self._stop.set()
@@ -120,60 +111,11 @@ class Agent:
         self._dumps.shutdown(wait=wait)
         self._restores.shutdown(wait=wait)
         self.source.close()
-        self._stop_heartbeat()
-
-    def _heartbeat_path(self) -> Path:
-        return self.store.root / AGENT_HEARTBEAT_DIR / f"{self.node or 'local'}.json"
+        self._heartbeat.stop()
 
     def heartbeat(self) -> None:
-        """Refresh this node's heartbeat in the store, every AGENT_HEARTBEAT_S at most.
-
-        The restore init step reads it (store mounted read-only) to learn within
-        seconds whether any agent will answer its restore request; without one the
-        placeholder would wait its whole restore timeout before cold-starting. Kept
-        only while restore pods (init step running or not) are on the node, so an
-        agent that has none leaves the store as it is.
-        """
-        if not self._restore_pods:
-            self._stop_heartbeat()
-            return
-        now = time.monotonic()
-        if now < self._next_beat:
-            return
-        self._next_beat = now + AGENT_HEARTBEAT_S
-        path = self._heartbeat_path()
-        beat = {"node": self.node, "time": time.time(), "pid": os.getpid()}
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            if path.parent.is_symlink():
-                raise OSError(f"{path.parent} is a symlink")
-            path.parent.mkdir(mode=0o755, exist_ok=True)
-            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-            fd = os.open(tmp, flags, 0o644)
-            try:
-                os.write(fd, json.dumps(beat).encode())
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-        except OSError as e:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
-            if not self._beat_failed:
-                log.warning("cannot write the agent heartbeat %s: %s", path, e)
-            self._beat_failed = True
-            return
-        self._beat_failed = False
-        self._beating = True
-
-    def _stop_heartbeat(self) -> None:
-        self._next_beat = 0.0  # the next restore pod gets a heartbeat at once
-        if not self._beating:
-            return
-        self._beating = False
-        path = self._heartbeat_path()
-        with contextlib.suppress(OSError):
-            path.unlink(missing_ok=True)
-            path.parent.rmdir()  # fails while another node's agent beats there: fine
+        """Keep this node's heartbeat (agent.heartbeat) while restore pods are on it."""
+        self._heartbeat.beat(self._restore_pods)
 
     def tick(self) -> None:
         """One scan: start a task for every pod whose control dir asks for work."""
@@ -236,7 +178,7 @@ class Agent:
         with self._lock:
             if task in self._busy or task in self._done:
                 return
-            if what == "checkpoint" and time.monotonic() < self._retry_at.get(pod.uid, 0.0):
+            if what == "checkpoint" and self.retries.backing_off(pod.uid):
                 return  # backing off after a failed attempt
             self._busy.add(task)
         wanted = self._wants_checkpoint if what == "checkpoint" else self._wants_restore
@@ -255,7 +197,7 @@ class Agent:
             finally:
                 with self._lock:
                     self._busy.discard(task)
-                    if what != "checkpoint" or pod.uid not in self._retry_at:
+                    if what != "checkpoint" or not self.retries.waiting(pod.uid):
                         self._done.add(task)
 
         pool.submit(run)
@@ -335,9 +277,7 @@ class Agent:
             log.error("%s: checkpoint failed: %s", pod.ident, e)
             self._signal_source(pod, {"ok": False, "snapshot": name, "error": str(e)})
             return
-        with self._lock:
-            self._retry_at.pop(pod.uid, None)
-            self._failed_attempts.pop(pod.uid, None)
+        self.retries.succeeded(pod.uid)
         summary = result.summary()
         log.info("%s: snapshot %s ready (%d bytes)", pod.ident, name, result.bytes)
         self.sink.checkpoint_ready(pod, name, summary)
@@ -351,40 +291,18 @@ class Agent:
         The source is not told between attempts: it waits (quiesced) for
         checkpoint-complete, which comes once, with the last attempt's outcome.
         """
-        with self._lock:
-            failed = self._failed_attempts.get(pod.uid, 0) + 1
-            self._failed_attempts[pod.uid] = failed
-            if failed >= self.checkpoint_attempts or not self._retryable(error):
-                self._retry_at.pop(pod.uid, None)
-                return False
-            delay = self.checkpoint_backoff_s[min(failed - 1, len(self.checkpoint_backoff_s) - 1)]
-            self._retry_at[pod.uid] = time.monotonic() + delay
+        failed, delay = self.retries.failed(pod.uid, error, final=bool(self.refusal))
+        if delay is None:
+            return False
         log.warning(
             "%s: checkpoint attempt %d of %d failed (%s); retrying in %gs",
             pod.ident,
             failed,
-            self.checkpoint_attempts,
+            self.retries.attempts,
             error,
             delay,
         )
         return True
-
-    def _retryable(self, error: Exception) -> bool:
-        """Could another attempt go better? Not for what only a person can fix.
-
-        Refused agents, bad names or keys (StoreError), a full store, an unwrapped
-        worker and a CRIU killed by a signal (the OOM killer or an operator: dumping
-        again freezes the worker for the same end) fail the same way every time.
-        """
-        text = str(error).lower()
-        return not (
-            self.refusal
-            or isinstance(error, StoreError)
-            or "no space left" in text
-            or "invalid snapshot" in text
-            or "is the command wrapped" in text
-            or "was killed by sig" in text
-        )
 
     @staticmethod
     def _signal_source(pod: PodRef, payload: dict) -> None:

@@ -190,11 +190,8 @@ def _checkpoint_and_restore(
             raise RuntimeError("the webhook did not pick restore mode for replica 2")
         cache_dropped = drop_page_cache()
         t0 = time.monotonic()
-        # The thaw-restore init step: node check, prefetch, restore-requested.
-        control = root / "replica-2" / "control"
-        control.mkdir(parents=True)
-        init = run_restore_init(root / "store", snapshot, control)
-        print(f"[thaw-restore] {init.signal.value}: {json.dumps(init.payload)}")
+        # The pod is on the node (the agent sees it and beats) before its thaw-restore
+        # init step runs: node check, agent heartbeat, prefetch, restore-requested.
         dst = start_restore_pod(
             root,
             "replica-2",
@@ -206,7 +203,12 @@ def _checkpoint_and_restore(
             request=False,
         )
         pods.append(dst)
-        complete = json.loads(dst.wait_signal(contract.Signal.RESTORE_COMPLETE, 600))
+        init = run_restore_init(root / "store", snapshot, dst.control)
+        print(f"[thaw-restore] {init.signal.value}: {json.dumps(init.payload)}")
+        done = dst.wait_signal(
+            contract.Signal.RESTORE_COMPLETE, 600, unless=contract.Signal.RESTORE_FAILED
+        )
+        complete = json.loads(done)
         answer = sample_worker.query(str(dst.control), "warmup", timeout=30)
         restore_s = time.monotonic() - t0
         print(f"[agent] replica 2 restored as pid {complete['pid']} in {restore_s:.2f} s")

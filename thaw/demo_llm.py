@@ -174,16 +174,16 @@ def run_llm(args: argparse.Namespace, work: Path, port: int, ctx: Any) -> dict[s
             raise RuntimeError("the webhook did not pick restore mode for replica 2")
         cache_dropped = drop_page_cache()
         t0 = time.monotonic()
-        control = root / "replica-2" / "control"
-        control.mkdir(parents=True)
-        init = run_restore_init(root / "store", snapshot, control)
-        print(f"[thaw-restore] {init.signal.value}")
+        # The pod is on the node (the agent sees it and beats) before its thaw-restore
+        # init step runs: node check, agent heartbeat, prefetch, restore-requested.
         dst = start_restore_pod(
             root, "replica-2", target_argv(second), key=key, snapshot=snapshot, image="demo",
             namespace=NAMESPACE, env=env, request=False, network=True,
         )  # fmt: skip
         pods.append(dst)
         assert dst.box.net is not None
+        init = run_restore_init(root / "store", snapshot, dst.control)
+        print(f"[thaw-restore] {init.signal.value}")
         dst.wait_signal(
             contract.Signal.RESTORE_COMPLETE, 600, unless=contract.Signal.RESTORE_FAILED
         )
