@@ -12,6 +12,7 @@ export THAW_CACHE ?= $(HOME)/.cache/thaw
 
 install: $(VENV)/.installed
 	@scripts/install-criu.sh $(VENV)
+	@$(BIN)/python -m thaw.engine_model >/dev/null  # the demo's model, converted once (cached)
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +44,7 @@ demo: install
 bench: install
 	$(BIN)/python bench/webhook_latency.py
 	$(BIN)/python bench/webhook_load.py
+	$(BIN)/python bench/webhook_hostile.py
 	$(BIN)/python bench/agent_restore.py
 	$(BIN)/python bench/read_list.py --cold
 
