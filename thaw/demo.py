@@ -36,7 +36,15 @@ from pathlib import Path
 from typing import Any
 
 from thaw import contract
-from thaw.demo_common import CONTAINER, NAMESPACE, admit, describe, drop_page_cache, target_argv
+from thaw.demo_common import (
+    CONTAINER,
+    NAMESPACE,
+    admit,
+    admit_restore,
+    describe,
+    drop_page_cache,
+    target_argv,
+)
 from thaw.demo_common import webhook as local_webhook
 
 SEED = "thaw-demo"
@@ -183,11 +191,7 @@ def _checkpoint_and_restore(
         manifest = Store(root / "store").manifest(done["snapshot"])
         print(f"[agent] snapshot {done['snapshot']} Ready: {manifest.total_bytes / 1e6:.0f} MB")
 
-        second = admit(port, ctx, pod, "replica-2")
-        print(f"[webhook] replica 2 -> {describe(second)}")
-        snapshot = second["metadata"].get("annotations", {}).get(contract.ANNOTATION_SNAPSHOT, "")
-        if not snapshot:
-            raise RuntimeError("the webhook did not pick restore mode for replica 2")
+        second, snapshot = admit_restore(port, ctx, pod, "replica-2")
         cache_dropped = drop_page_cache()
         t0 = time.monotonic()
         # The pod is on the node (the agent sees it and beats) before its thaw-restore

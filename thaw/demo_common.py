@@ -117,3 +117,15 @@ def drop_page_cache() -> bool:
         return True
     except OSError:
         return False
+
+
+def admit_restore(
+    port: int, ctx: ssl.SSLContext, pod: dict[str, Any], uid: str
+) -> tuple[dict[str, Any], str]:
+    """A later replica through the webhook, which must pick restore mode: (pod, snapshot)."""
+    admitted = admit(port, ctx, pod, uid)
+    print(f"[webhook] {uid.replace('-', ' ')} -> {describe(admitted)}")
+    snapshot = admitted["metadata"].get("annotations", {}).get(contract.ANNOTATION_SNAPSHOT, "")
+    if not snapshot:
+        raise RuntimeError(f"the webhook did not pick restore mode for {uid}")
+    return admitted, snapshot

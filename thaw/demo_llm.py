@@ -34,7 +34,15 @@ from agent.local import LocalPod, start_agent, start_checkpoint_pod, start_resto
 from agent.store import Store
 from sidecar.restore_init import run_restore_init
 from thaw import contract, engine_model
-from thaw.demo_common import CONTAINER, NAMESPACE, admit, describe, drop_page_cache, target_argv
+from thaw.demo_common import (
+    CONTAINER,
+    NAMESPACE,
+    admit,
+    admit_restore,
+    describe,
+    drop_page_cache,
+    target_argv,
+)
 
 PORT = 8000
 PROMPT = "Name the capital of France in one word."
@@ -167,11 +175,7 @@ def run_llm(args: argparse.Namespace, work: Path, port: int, ctx: Any) -> dict[s
         print(f"[agent] snapshot {done['snapshot']} Ready: {manifest.total_bytes / 1e6:.0f} MB")
         print(f"[client] replica 1 answers {cold_answer!r}")
 
-        second = admit(port, ctx, pod, "replica-2")
-        print(f"[webhook] replica 2 -> {describe(second)}")
-        snapshot = second["metadata"].get("annotations", {}).get(contract.ANNOTATION_SNAPSHOT, "")
-        if not snapshot:
-            raise RuntimeError("the webhook did not pick restore mode for replica 2")
+        second, snapshot = admit_restore(port, ctx, pod, "replica-2")
         cache_dropped = drop_page_cache()
         t0 = time.monotonic()
         # The pod is on the node (the agent sees it and beats) before its thaw-restore

@@ -243,6 +243,16 @@ def python_deps() -> list[str]:
     return list(meta["project"]["dependencies"])
 
 
+def pip_target(target: Path, py_version: str, requirements: list[str]) -> None:
+    """``pip install --target`` of manylinux wheels for another Python than ours."""
+    cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-compile", "--target", str(target)]
+    cmd += ["--python-version", py_version, "--implementation", "cp", "--only-binary=:all:"]
+    for plat in ("manylinux2014_x86_64", "manylinux_2_28_x86_64", "manylinux_2_34_x86_64"):
+        cmd += ["--platform", plat]
+    _run([*cmd, *requirements])
+    shutil.rmtree(target / "bin", ignore_errors=True)
+
+
 def pip_layer() -> CachedLayer:
     """The project's runtime dependencies as cp313 manylinux wheels, installed with --target."""
     deps = python_deps()
@@ -251,13 +261,7 @@ def pip_layer() -> CachedLayer:
     if cached:
         return cached
     root = dirpath / "build"
-    target = root / PY_SITE
-    cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-compile", "--target", str(target)]
-    cmd += ["--python-version", PY_VERSION, "--implementation", "cp", "--only-binary=:all:"]
-    for plat in ("manylinux2014_x86_64", "manylinux_2_28_x86_64", "manylinux_2_34_x86_64"):
-        cmd += ["--platform", plat]
-    _run([*cmd, *deps])
-    shutil.rmtree(target / "bin", ignore_errors=True)
+    pip_target(root / PY_SITE, PY_VERSION, deps)
     return _finish(dirpath, root, keep_rootfs=False, overlay_upper=False)
 
 
@@ -310,14 +314,7 @@ def engine_pip_layer() -> CachedLayer:
     if cached:
         return cached
     root = dirpath / "build"
-    target = root / ENGINE_PY_SITE
-    cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-compile", "--target", str(target)]
-    cmd += ["--python-version", ENGINE_PY_VERSION, "--implementation", "cp"]
-    cmd += ["--only-binary=:all:"]
-    for plat in ("manylinux2014_x86_64", "manylinux_2_28_x86_64", "manylinux_2_34_x86_64"):
-        cmd += ["--platform", plat]
-    _run([*cmd, *deps, *pins])
-    shutil.rmtree(target / "bin", ignore_errors=True)
+    pip_target(root / ENGINE_PY_SITE, ENGINE_PY_VERSION, [*deps, *pins])
     # The `transformers` command, as pip would install it for the image's own Python.
     launcher = root / "usr/local/bin/transformers"
     launcher.parent.mkdir(parents=True)
