@@ -2,24 +2,27 @@
 # Run bench/gpu_restore.py on a GPU machine that has no network (the device kind).
 #
 # That machine has Python with torch, transformers and cuda-bindings, but not CRIU: carry the
-# unpacked CRIU folder made by `make install` as .criu/criu-4.1.1 (its apt/ cache left out) and
-# wheels in .whl/ of what the machine's Python lacks: protobuf (pycriu's messages) and, for the
-# agent's tests, cryptography with cffi and pycparser.
+# unpacked CRIU folder made by `make install` as .criu/criu-<version> (CRIU >= 4.2, its apt/
+# cache left out) and wheels in .whl/ of what the machine's Python lacks: protobuf (pycriu's
+# messages) and, for the agent's tests, cryptography with cffi and pycparser.
 #   bench/device-run.sh run --explore --restore-modes ordered ...   (arguments: gpu_restore.py's)
 #   bench/device-run.sh pytest tests/gpu ...                         (the GPU tests: pytest's)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${THAW_CACHE:-$HOME/.cache/thaw}
-if [[ ! -f $CACHE/criu-4.1.1/criu.json && -d .criu/criu-4.1.1 ]]; then
+carried=$(compgen -G '.criu/criu-[0-9]*' | sort -V | tail -1 || true)
+if [[ -n $carried && ! -f $CACHE/criu-current/criu.json ]]; then
+    name=$(basename "$carried")
     mkdir -p "$CACHE"
-    cp -a .criu/criu-4.1.1 "$CACHE/"
+    cp -a "$carried" "$CACHE/"
     # the folder's scripts name the cache they were unpacked into: point them here
-    old=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["binary"].split("/criu-4.1.1/")[0])' \
-        "$CACHE/criu-4.1.1/criu.json")
-    sed -i "s#$old#$CACHE#g" "$CACHE/criu-4.1.1/criu.json" "$CACHE/criu-4.1.1/bin/criu"
+    old=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["binary"].split("/'"$name"'/")[0])' \
+        "$CACHE/$name/criu.json")
+    sed -i "s#$old#$CACHE#g" "$CACHE/$name/criu.json" "$CACHE/$name/bin/criu"
+    ln -sfn "$CACHE/$name" "$CACHE/criu-current"
 fi
 export THAW_CACHE=$CACHE
-export PYTHONPATH=$CACHE/criu-4.1.1/root/usr/lib/python3/dist-packages${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONPATH=$CACHE/criu-current/root/usr/lib/python3/dist-packages${PYTHONPATH:+:$PYTHONPATH}
 if compgen -G '.whl/*.whl' >/dev/null; then  # what the machine's Python lacks (protobuf, cryptography)
     [[ -d /tmp/thaw-site ]] || python3 -m pip install -q --no-index --no-deps --target /tmp/thaw-site .whl/*.whl
     export PYTHONPATH=/tmp/thaw-site:$PYTHONPATH
