@@ -25,7 +25,8 @@ import sys
 import threading
 import time
 import urllib.parse
-from http.server import BaseHTTPRequestHandler
+
+from tests.support.net_server import JsonHandler
 
 PORT = 8000
 CORE_SOCKET = "/tmp/thaw-engine-core.sock"
@@ -101,9 +102,7 @@ class Core:
 CORE: Core | None = None
 
 
-class Api(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
+class Api(JsonHandler):
     def do_GET(self) -> None:
         url = urllib.parse.urlsplit(self.path)
         if CORE is None:
@@ -117,15 +116,7 @@ class Api(BaseHTTPRequestHandler):
         else:
             self.send_error(404)
             return
-        data = json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+        self.send_json(body)
 
 
 class Server(socketserver.ThreadingTCPServer):

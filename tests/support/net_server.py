@@ -72,9 +72,24 @@ def peer_name(addr: tuple) -> str:
     return f"{addr[0]}:{addr[1]}"
 
 
-class Handler(BaseHTTPRequestHandler):
+class JsonHandler(BaseHTTPRequestHandler):
+    """HTTP/1.1 with JSON answers and no access log (the test servers share it)."""
+
     protocol_version = "HTTP/1.1"  # keep-alive, as inference clients use
 
+    def send_json(self, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class Handler(JsonHandler):
     def setup(self) -> None:
         super().setup()
         self.accepted_at = time.time()
@@ -99,15 +114,7 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self.send_error(404)
             return
-        data = json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+        self.send_json(body)
 
 
 class Server(socketserver.ThreadingTCPServer):

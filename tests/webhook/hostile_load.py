@@ -13,18 +13,16 @@ import copy
 import dataclasses
 import json
 import os
-import signal
 import ssl
 import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from webhook_support import load_case
+from webhook_tls_server import running_webhook_process, status_bytes
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 REPO = Path(__file__).resolve().parents[2]
@@ -112,50 +110,14 @@ def _own_cgroup(v2: bool) -> str:
 
 def peak_rss(pid: int) -> int:
     """VmHWM: the most resident memory the process ever had, from /proc."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmHWM for pid {pid}")
+    return status_bytes(pid, "VmHWM")
 
 
-@contextlib.contextmanager
 def webhook_in(
     certs: Path, log: Path, *extra: str, prefix: tuple[str, ...] = (), repo: Path = REPO
-) -> Iterator[tuple[int, subprocess.Popen]]:
-    """``thaw webhook serve`` from ``repo`` on an ephemeral port, log to a file (never a pipe
-    that fills up under load); yields (port, process), SIGTERM afterwards."""
-    port_file = certs.parent / f"port-{time.monotonic_ns()}"
-    argv = [
-        *prefix,
-        sys.executable,
-        "-m",
-        "thaw.cli",
-        "webhook",
-        "serve",
-        "--listen=127.0.0.1:0",
-        f"--tls-cert={certs / 'tls.crt'}",
-        f"--tls-key={certs / 'tls.key'}",
-        f"--port-file={port_file}",
-        *extra,
-    ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(repo)}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=repo)
-    try:
-        deadline = time.monotonic() + 30
-        while not (port_file.exists() and port_file.read_text().strip()):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"webhook did not start (rc={proc.poll()}):\n{log.read_text()}")
-            time.sleep(0.02)
-        yield int(port_file.read_text()), proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+) -> contextlib.AbstractContextManager[tuple[int, subprocess.Popen]]:
+    """``thaw webhook serve`` from ``repo`` with its output in ``log``; yields (port, process)."""
+    return running_webhook_process(certs, *extra, prefix=prefix, log=log, repo=repo)
 
 
 @dataclasses.dataclass

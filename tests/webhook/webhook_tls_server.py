@@ -33,51 +33,60 @@ def running_webhook(certs: Path, *extra: str) -> Iterator[int]:
         yield port
 
 
+def status_bytes(pid: int, field: str = "VmRSS") -> int:
+    """A memory field of a live process's /proc status (VmRSS: now; VmHWM: its peak)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} for pid {pid}")
+
+
 def rss_bytes(pid: int) -> int:
     """Resident set size of a live process, from /proc."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+    return status_bytes(pid, "VmRSS")
 
 
 @contextlib.contextmanager
 def running_webhook_process(
-    certs: Path, *extra: str, prefix: tuple[str, ...] = ()
+    certs: Path,
+    *extra: str,
+    prefix: tuple[str, ...] = (),
+    log: Path | None = None,
+    repo: Path | None = None,
 ) -> Iterator[tuple[int, subprocess.Popen]]:
     """As ``running_webhook``, also yielding the process (RSS, liveness);
-    ``prefix`` wraps the command (e.g. ``taskset -c 0``)."""
+    ``prefix`` wraps the command (e.g. ``taskset -c 0``); ``log``: output to that file
+    (never a pipe that fills up under load); ``repo``: another checkout's server."""
     port_file = certs.parent / f"port-{time.monotonic_ns()}"
-    proc = subprocess.Popen(
-        [
-            *prefix,
-            *THAW,
-            "webhook",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            str(certs / "tls.crt"),
-            "--tls-key",
-            str(certs / "tls.key"),
-            "--port-file",
-            str(port_file),
-            *extra,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    argv = [*prefix, *THAW, "webhook", "serve", "--listen", "127.0.0.1:0"]
+    argv += ["--tls-cert", str(certs / "tls.crt"), "--tls-key", str(certs / "tls.key")]
+    argv += ["--port-file", str(port_file), *extra]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if repo is not None:
+        env["PYTHONPATH"] = str(repo)
+    out = log.open("wb") if log is not None else None
+    with out or contextlib.nullcontext():
+        proc = subprocess.Popen(
+            argv,
+            stdout=out or subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=repo,
+        )
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 30
         while not (port_file.exists() and port_file.read_text().strip()):
             if proc.poll() is not None or time.monotonic() > deadline:
-                out = proc.stdout.read().decode() if proc.stdout else ""
-                raise RuntimeError(f"webhook did not start (rc={proc.poll()}):\n{out}")
+                if log is not None:
+                    said = log.read_text(errors="replace")
+                else:
+                    said = proc.stdout.read().decode() if proc.stdout else ""
+                raise RuntimeError(f"webhook did not start (rc={proc.poll()}):\n{said}")
             time.sleep(0.02)
         yield int(port_file.read_text()), proc
     finally:
-        proc.send_signal(signal.SIGTERM)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
